@@ -1,0 +1,390 @@
+//! The command line: argument parsing (clap derive), logging set-up, what each command prints,
+//! and its exit code.
+//!
+//! Only runtime knobs are flags (`--config`, `--connection`, `--snapshot-date`, verbosity);
+//! what to scan and where to write lives in the config file. Results go to stdout, logs to
+//! stderr. This is the only module that prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+
+use crate::atlassian::AdminClient;
+use crate::atlassian::model::Cursor;
+use crate::config::{
+    self, Config, ConnectionConfig, Env, HttpConfig, Selection, StorageConfig, TokenSource,
+    UsersEndpoint,
+};
+use crate::error::{EXIT_INTERNAL, EXIT_OK, Error};
+use crate::job::{self, ConnectionReport, RunOptions};
+use crate::secret::ApiToken;
+use crate::simulator::{self, PopulationOptions, SimConfig, Simulator};
+use crate::store::{Storage, StorageUrl};
+
+/// Nightly identity snapshots of Atlassian organizations, as Parquet on object storage.
+#[derive(Debug, Parser)]
+#[command(name = "idsnap", version, about)]
+pub struct Cli {
+    /// Config file [default: config/idsnap.toml]
+    #[arg(long, global = true, env = "IDSNAP_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings and errors only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check each connection's credentials, org ID and scope with one cheap call.
+    Test {
+        /// Only this connection (name or slug).
+        #[arg(long)]
+        connection: Option<String>,
+    },
+    /// Scan every connection (or one) once and publish the snapshots.
+    Run {
+        /// Only this connection (name or slug).
+        #[arg(long)]
+        connection: Option<String>,
+        /// Snapshot date (YYYY-MM-DD) instead of today's UTC date.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        snapshot_date: Option<NaiveDate>,
+    },
+    /// Scan the built-in simulated organization into ./snapshots; no credentials needed.
+    Demo {
+        /// Folder to write the snapshots to.
+        #[arg(long, default_value = "snapshots")]
+        out: PathBuf,
+        /// Users in the simulated organization.
+        #[arg(long, default_value_t = 2_500)]
+        users: usize,
+        /// Seed of the simulated population.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Serve the simulated Admin API on 127.0.0.1 until interrupted.
+    Simulate {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 8089)]
+        port: u16,
+        /// Users in the simulated organization.
+        #[arg(long, default_value_t = 2_500)]
+        users: usize,
+        /// Seed of the simulated population.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The organization ID it answers for.
+        #[arg(long, default_value = "sim-org-0001")]
+        org_id: String,
+        /// The bearer token it accepts.
+        #[arg(long, default_value = "sim-token")]
+        token: String,
+        /// Latency added to every users page, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+}
+
+/// Parses the process arguments, runs the command, and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match i16::from(verbose) - i16::from(quiet) {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("idsnap={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Error> {
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    match cli.command {
+        Command::Test { connection } => {
+            let selection = connection
+                .as_deref()
+                .map_or(Selection::All, Selection::Named);
+            let config = config::load(&config_path, &Env::from_process(), selection)?;
+            Ok(test_connections(&config).await)
+        }
+        Command::Run {
+            connection,
+            snapshot_date,
+        } => {
+            let selection = connection
+                .as_deref()
+                .map_or(Selection::All, Selection::Named);
+            let config = config::load(&config_path, &Env::from_process(), selection)?;
+            let storage = Storage::open(&config.storage)?;
+            let reports = job::run_all(&config, &storage, &RunOptions { snapshot_date }).await;
+            Ok(print_reports(&reports))
+        }
+        Command::Demo { out, users, seed } => demo(out, users, seed).await,
+        Command::Simulate {
+            port,
+            users,
+            seed,
+            org_id,
+            token,
+            latency_ms,
+        } => {
+            let sim_config = SimConfig {
+                org_id: org_id.clone(),
+                token,
+                latency: Duration::from_millis(latency_ms),
+                ..SimConfig::default()
+            };
+            let population =
+                simulator::population::generate(users, seed, &PopulationOptions::default());
+            let sim = Simulator::start(sim_config, population, port)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+            println!(
+                "Simulated Admin API for org {org_id:?} with {users} users on {}",
+                sim.base_url()
+            );
+            println!(
+                "Point a connection at it with api_base_url = \"{}\" and allow_insecure_http = true.",
+                sim.base_url()
+            );
+            println!("Press Ctrl-C to stop.");
+            tokio::signal::ctrl_c()
+                .await
+                .map_err(|e| Error::Internal(format!("waiting for Ctrl-C failed: {e}")))?;
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn test_connections(config: &Config) -> u8 {
+    let mut worst = EXIT_OK;
+    for conn in config.connections.iter().filter(|c| c.token.is_some()) {
+        match test_one(conn, &config.http).await {
+            Ok(line) => println!("{}: ok: {line}", conn.name),
+            Err((code, message)) => {
+                worst = worst.max(code);
+                println!("{}: FAILED: {message}", conn.name);
+            }
+        }
+    }
+    worst
+}
+
+/// One connection's test: the directories call (same scope as the scan), then the count of
+/// directories, then one page of the configured users endpoint (whose scope is not
+/// documented for `search`).
+async fn test_one(conn: &ConnectionConfig, http: &HttpConfig) -> Result<String, (u8, String)> {
+    let client = AdminClient::new(conn, http).map_err(|e| (EXIT_INTERNAL, e))?;
+    let first = client
+        .directories_page(1, None)
+        .await
+        .map_err(|e| (fail_code(&e), e.to_string()))?;
+    let mut directories = first.data.len() as u64;
+    if first
+        .links
+        .as_ref()
+        .and_then(|l| l.next.as_deref())
+        .is_some_and(|n| !n.is_empty())
+    {
+        // Count the rest with full pages: a cursor keeps the limit it was made with.
+        directories = 0;
+        let mut cursor: Option<Cursor> = None;
+        for _ in 0..1000 {
+            let page = client
+                .directories_page(100, cursor.as_ref())
+                .await
+                .map_err(|e| (fail_code(&e), e.to_string()))?;
+            directories += page.data.len() as u64;
+            let next = page.links.and_then(|l| l.next).filter(|n| !n.is_empty());
+            match Cursor::from_next(next.as_deref()) {
+                Ok(Some(c)) => cursor = Some(c),
+                _ => break,
+            }
+        }
+    }
+    let users = client
+        .users_page(&crate::atlassian::UsersFilter::default(), None)
+        .await
+        .map_err(|e| (fail_code(&e), e.to_string()))?;
+    Ok(format!(
+        "{directories} director{} found in org {}; the {} users endpoint answered ({} users on the first page)",
+        if directories == 1 { "y" } else { "ies" },
+        conn.org_id,
+        conn.users_endpoint.as_str(),
+        users.users.len()
+    ))
+}
+
+fn fail_code(e: &crate::atlassian::ApiError) -> u8 {
+    if e.is_auth() {
+        crate::error::EXIT_AUTH
+    } else {
+        crate::error::EXIT_API
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prints one block per connection and returns the highest exit code.
+fn print_reports(reports: &[ConnectionReport]) -> u8 {
+    let mut worst = EXIT_OK;
+    if reports.is_empty() {
+        println!("No connection selected.");
+    }
+    for report in reports {
+        worst = worst.max(report.exit_code());
+        match &report.outcome {
+            Ok(summary) => {
+                let m = &summary.manifest;
+                let c = &m.counts;
+                println!(
+                    "{}: published {} users (managed {} / unmanaged {} / unknown {}), {} pages, {:.1} s",
+                    report.name,
+                    thousands(c.users),
+                    thousands(c.managed),
+                    thousands(c.unmanaged),
+                    thousands(c.unknown),
+                    thousands(m.pages),
+                    summary.duration.as_secs_f64()
+                );
+                println!("  snapshot: {}", summary.location);
+                let api = match m.api_count {
+                    Some(n) if n == c.users => format!("API count {} (matches)", thousands(n)),
+                    Some(n) => format!(
+                        "WARNING: API count {} differs from users written ({})",
+                        thousands(n),
+                        thousands(c.users)
+                    ),
+                    None => "API count unavailable".to_owned(),
+                };
+                println!(
+                    "  {api}; {} duplicates skipped; {} non-managed records dropped{}",
+                    thousands(c.duplicates),
+                    thousands(c.dropped_not_managed),
+                    if m.scan_unmanaged_users {
+                        ""
+                    } else {
+                        " (scan_unmanaged_users = false)"
+                    }
+                );
+                println!(
+                    "  http: {} requests, {} retries, {:.1} s waiting",
+                    thousands(m.http.requests),
+                    thousands(m.http.retries),
+                    m.http.wait_secs
+                );
+            }
+            Err(e) => println!("{}: FAILED (exit {}): {e}", report.name, e.exit_code()),
+        }
+    }
+    worst
+}
+
+async fn demo(out: PathBuf, users: usize, seed: u64) -> Result<u8, Error> {
+    // A fresh random token each time: the demo needs none from the user, and nothing else
+    // can talk to the simulator meanwhile.
+    let token = format!("demo-{:016x}", {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::process::id())
+    });
+    let sim_config = SimConfig {
+        token: token.clone(),
+        ..SimConfig::default()
+    };
+    let population = simulator::population::generate(users, seed, &PopulationOptions::default());
+    let sim = Simulator::start(sim_config.clone(), population, 0)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start the simulator on 127.0.0.1: {e}")))?;
+    println!(
+        "Started the simulated Admin API on {} ({} users, seed {seed}).",
+        sim.base_url(),
+        thousands(users as u64)
+    );
+    let base = config::parse_base_url(&sim.base_url(), true).map_err(Error::Internal)?;
+    let config = Config {
+        storage: StorageConfig {
+            url: StorageUrl::Local(out.clone()),
+            options: Default::default(),
+        },
+        http: HttpConfig::default(),
+        max_concurrent_connections: 1,
+        connections: vec![ConnectionConfig {
+            name: "Demo Org".into(),
+            slug: "demo-org".into(),
+            org_id: sim_config.org_id.clone(),
+            token_source: TokenSource::Builtin,
+            token: Some(ApiToken::new(token)),
+            scan_unmanaged_users: true,
+            member_source_of_truth: false,
+            api_base_url: base,
+            allow_insecure_http: true,
+            users_endpoint: UsersEndpoint::List,
+            index: 0,
+        }],
+    };
+    let storage = Storage::open(&config.storage)?;
+    let reports = job::run_all(&config, &storage, &RunOptions::default()).await;
+    let code = print_reports(&reports);
+    if code == EXIT_OK {
+        let glob = out.join("atlassian_users/**/*.parquet");
+        println!();
+        println!("Look at it with DuckDB (https://duckdb.org):");
+        println!(
+            "  duckdb -c \"SELECT claim_status, status, count(*) AS users FROM read_parquet('{}', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\"",
+            glob.display()
+        );
+    }
+    Ok(code)
+}

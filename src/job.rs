@@ -1,0 +1,383 @@
+//! One run: for each connection, test it, walk every page of users, write the snapshot, and
+//! report.
+//!
+//! The stages are wired as in vector's architecture: a walker task fetches and decodes pages
+//! and sends them through a bounded channel to the writer, so the next page is being fetched
+//! while the previous one is encoded, and memory holds a few pages, not the organization. The
+//! data file is completed only after the walk finished cleanly; any failure aborts the upload
+//! and publishes nothing, leaving the previous snapshot as it was. Connections run concurrently
+//! up to `max_concurrent_connections`, and one failing does not stop the others.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use futures::StreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use tokio::sync::mpsc;
+
+use crate::atlassian::client::{AdminClient, UsersFilter};
+use crate::atlassian::model::{ClaimTag, Cursor, UserRecord};
+use crate::config::{Config, ConnectionConfig};
+use crate::error::RunError;
+use crate::snapshot::SnapshotKey;
+use crate::snapshot::manifest::{Counts, DataFileFacts, HttpEffort, Manifest};
+use crate::snapshot::schema::{SCHEMA_VERSION, UsersBatchBuilder, users_schema};
+use crate::snapshot::writer::{ParquetUpload, writer_properties};
+use crate::store::Storage;
+
+/// Rows gathered before a batch is handed to the Parquet encoder.
+const BATCH_ROWS: usize = 8192;
+/// Decoded pages in flight between walker and writer.
+const CHANNEL_PAGES: usize = 4;
+
+/// Options of one `run` (or `demo`) invocation.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides the snapshot date (backfills, tests). Default: UTC date at scan start.
+    pub snapshot_date: Option<NaiveDate>,
+}
+
+/// What one connection's successful run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The manifest that was published.
+    pub manifest: Manifest,
+    /// Wall time of the run.
+    pub duration: Duration,
+    /// Where the data file went (URL form).
+    pub location: String,
+}
+
+/// One connection's outcome, in config order.
+#[derive(Debug)]
+pub struct ConnectionReport {
+    /// Connection name.
+    pub name: String,
+    /// Published summary or the reason nothing was published.
+    pub outcome: Result<RunSummary, RunError>,
+}
+
+impl ConnectionReport {
+    /// 0 on success, else the failure's exit code.
+    pub fn exit_code(&self) -> u8 {
+        self.outcome.as_ref().err().map_or(0, RunError::exit_code)
+    }
+}
+
+/// Runs every selected connection (those with a resolved token), at most
+/// `max_concurrent_connections` at a time, and returns one report per connection in config
+/// order.
+pub async fn run_all(
+    config: &Config,
+    storage: &Storage,
+    options: &RunOptions,
+) -> Vec<ConnectionReport> {
+    let selected: Vec<&ConnectionConfig> = config
+        .connections
+        .iter()
+        .filter(|c| c.token.is_some())
+        .collect();
+    futures::stream::iter(selected)
+        .map(|conn| async move {
+            let outcome = run_connection(config, storage, conn, options).await;
+            if let Err(e) = &outcome {
+                tracing::error!(connection = %conn.name, error = %e, "Run failed; nothing published.");
+            }
+            ConnectionReport { name: conn.name.clone(), outcome }
+        })
+        .buffered(config.max_concurrent_connections)
+        .collect()
+        .await
+}
+
+/// Scans one connection and publishes its snapshot.
+#[tracing::instrument(skip_all, fields(connection = %conn.name))]
+pub async fn run_connection(
+    config: &Config,
+    storage: &Storage,
+    conn: &ConnectionConfig,
+    options: &RunOptions,
+) -> Result<RunSummary, RunError> {
+    let clock = Instant::now();
+    let started_at = Utc::now();
+    let internal = |reason: String| RunError::Internal {
+        connection: conn.name.clone(),
+        reason,
+    };
+    if conn.allow_insecure_http && conn.api_base_url.scheme() == "http" {
+        tracing::warn!(api_base_url = %conn.api_base_url, "Plain HTTP to the Admin API (allow_insecure_http = true): use this only for a local simulator.");
+    }
+    let client = AdminClient::new(conn, &config.http).map_err(internal)?;
+
+    // Test the connection first: a bad key or org ID fails here with a clear message, before
+    // any upload is started.
+    client.directories_page(1, None).await?;
+
+    let key = SnapshotKey {
+        slug: conn.slug.clone(),
+        date: options
+            .snapshot_date
+            .unwrap_or_else(|| started_at.date_naive()),
+    };
+    let filter = UsersFilter {
+        claim_status: (!conn.scan_unmanaged_users).then_some("managed"),
+        status: None,
+    };
+    let mut manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        idsnap_version: env!("CARGO_PKG_VERSION").to_owned(),
+        connection: conn.name.clone(),
+        connection_slug: conn.slug.clone(),
+        org_id: conn.org_id.clone(),
+        snapshot_date: key.date.format("%Y-%m-%d").to_string(),
+        scan_started_at: rfc3339(started_at),
+        scan_finished_at: String::new(),
+        users_endpoint: conn.users_endpoint.as_str().to_owned(),
+        scan_unmanaged_users: conn.scan_unmanaged_users,
+        member_source_of_truth: conn.member_source_of_truth,
+        counts: Counts::default(),
+        pages: 0,
+        api_count: None,
+        http: HttpEffort::default(),
+        data_file: DataFileFacts {
+            path: key.data_path(),
+            size_bytes: 0,
+            rows: 0,
+        },
+    };
+
+    let mut upload = ParquetUpload::create(
+        storage,
+        &key.data_path(),
+        users_schema(),
+        writer_properties(Vec::new()),
+    )
+    .map_err(|e| RunError::from_write(&conn.name, e))?;
+    let (tx, mut rx) = mpsc::channel::<Page>(CHANNEL_PAGES);
+    let walker = tokio::spawn(walk(
+        client.clone(),
+        filter.clone(),
+        conn.scan_unmanaged_users,
+        tx,
+    ));
+
+    let mut builder = UsersBatchBuilder::new(&conn.org_id);
+    let mut write_result = Ok(());
+    while let Some(page) = rx.recv().await {
+        for (user, tag) in &page.users {
+            builder.append(user, *tag, page.received_at);
+        }
+        if builder.len() >= BATCH_ROWS {
+            write_result = upload.write(&builder.finish()).await;
+            if write_result.is_err() {
+                break;
+            }
+        }
+    }
+    // Dropping the receiver makes a walker that is still sending stop at its next page.
+    drop(rx);
+    let walked = walker
+        .await
+        .map_err(|e| internal(format!("the page walker stopped: {e}")));
+    let stats = match (write_result, walked) {
+        (Err(e), _) => {
+            upload.abort().await;
+            return Err(RunError::from_write(&conn.name, e));
+        }
+        (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => {
+            upload.abort().await;
+            return Err(e);
+        }
+        (Ok(()), Ok(Ok(stats))) => stats,
+    };
+    if !builder.is_empty()
+        && let Err(e) = upload.write(&builder.finish()).await
+    {
+        upload.abort().await;
+        return Err(RunError::from_write(&conn.name, e));
+    }
+
+    manifest.counts = stats.counts;
+    manifest.counts.unparsed_timestamps = builder.bad_timestamps;
+    manifest.pages = stats.pages;
+    // The count endpoint is a cross-check; if it fails, the scan is still complete.
+    manifest.api_count = match client.users_count(&filter).await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "The users count endpoint did not answer; the API count is not recorded.");
+            None
+        }
+    };
+    if let Some(api) = manifest.api_count.filter(|n| *n != manifest.counts.users) {
+        tracing::warn!(
+            api_count = api,
+            users = manifest.counts.users,
+            "The API's user count differs from the users written (users may have changed during the scan)."
+        );
+    }
+    let finished_at = Utc::now();
+    manifest.scan_finished_at = rfc3339(finished_at);
+    let effort = client.stats();
+    manifest.http = HttpEffort {
+        requests: effort.requests(),
+        retries: effort.retries(),
+        wait_secs: effort.waited().as_secs_f64(),
+    };
+
+    let data = upload
+        .finish(manifest.key_values())
+        .await
+        .map_err(|e| RunError::from_write(&conn.name, e))?;
+    manifest.data_file.size_bytes = data.size_bytes;
+    manifest.data_file.rows = data.rows;
+    let manifest_path = storage.path(&key.manifest_path());
+    storage
+        .store
+        .put(&manifest_path, PutPayload::from(manifest.to_json()))
+        .await
+        .map_err(|e| storage.error("writing", &manifest_path, e))?;
+    tracing::info!(users = manifest.counts.users, pages = manifest.pages, path = %manifest.data_file.path, "Published snapshot.");
+    Ok(RunSummary {
+        location: format!("{}/{}", storage.url.trim_end_matches('/'), key.data_path()),
+        manifest,
+        duration: clock.elapsed(),
+    })
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// One decoded page on its way to the writer.
+struct Page {
+    users: Vec<(UserRecord, ClaimTag)>,
+    received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct WalkStats {
+    counts: Counts,
+    pages: u64,
+}
+
+/// Walks every page of one filter, de-duplicating by `accountId` and dropping non-managed
+/// records when only managed ones were asked for.
+async fn walk(
+    client: AdminClient,
+    filter: UsersFilter,
+    keep_unmanaged: bool,
+    tx: mpsc::Sender<Page>,
+) -> Result<WalkStats, RunError> {
+    let connection = client.connection().to_owned();
+    let incomplete = |reason: String| RunError::Incomplete {
+        connection: connection.clone(),
+        reason,
+    };
+    let mut stats = WalkStats::default();
+    let mut seen = AccountSet::default();
+    let mut cursors: HashSet<Cursor> = HashSet::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = client.users_page(&filter, cursor.as_ref()).await?;
+        let received_at = Utc::now();
+        stats.pages += 1;
+        let mut users = Vec::with_capacity(page.users.len());
+        for user in page.users {
+            if !seen.insert(&user.account_id) {
+                stats.counts.duplicates += 1;
+                continue;
+            }
+            let tag = ClaimTag::from_claim_status(user.claim_status.as_deref());
+            if !keep_unmanaged && tag != ClaimTag::Managed {
+                stats.counts.dropped_not_managed += 1;
+                continue;
+            }
+            match tag {
+                ClaimTag::Managed => stats.counts.managed += 1,
+                ClaimTag::Unmanaged => stats.counts.unmanaged += 1,
+                ClaimTag::Unknown => stats.counts.unknown += 1,
+            }
+            stats.counts.users += 1;
+            users.push((user, tag));
+        }
+        if tx.send(Page { users, received_at }).await.is_err() {
+            // The writer stopped; it reports its own error.
+            return Ok(stats);
+        }
+        match page.next {
+            None => return Ok(stats),
+            Some(next) => {
+                if !cursors.insert(next.clone()) {
+                    return Err(incomplete(format!(
+                        "the API returned the same page cursor twice (after {} pages); stopping instead of looping",
+                        stats.pages
+                    )));
+                }
+                cursor = Some(next);
+            }
+        }
+    }
+}
+
+/// The set of account IDs seen in one scan, kept compact: each ID is stored as a 128-bit
+/// keyed hash (16 bytes) instead of an owned string. Two independent random SipHash keys make
+/// a false "duplicate" astronomically unlikely (about n²/2¹²⁹: below 10⁻²⁶ for a million
+/// users), and the keys change every run, so no input can be crafted to collide.
+#[derive(Default)]
+pub struct AccountSet {
+    keys: (RandomState, RandomState),
+    hashes: HashSet<u128, BuildHasherDefault<PreHashed>>,
+}
+
+impl AccountSet {
+    /// Adds an ID; false if it was already present.
+    pub fn insert(&mut self, account_id: &str) -> bool {
+        let a = self.keys.0.hash_one(account_id);
+        let b = self.keys.1.hash_one(account_id);
+        self.hashes.insert((u128::from(a) << 64) | u128::from(b))
+    }
+
+    /// IDs held.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+}
+
+/// The values are already uniform hashes, so the table uses their low bits as they are.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_set_dedupes() {
+        let mut s = AccountSet::default();
+        assert!(s.insert("a"));
+        assert!(s.insert("b"));
+        assert!(!s.insert("a"));
+        assert_eq!(s.len(), 2);
+    }
+}

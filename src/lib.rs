@@ -1,0 +1,24 @@
+//! idsnap: nightly identity snapshots of Atlassian organizations, as Parquet on object storage.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap), printing, and the exit code of each command.
+//! - [`config`]: the TOML file plus `IDSNAP__` environment overrides, validated in full.
+//! - [`secret`]: the API token type that cannot be printed.
+//! - [`atlassian`]: the Admin API client (retries, rate limits) and its wire models.
+//! - [`job`]: one run: walk every page of every connection and publish the snapshots.
+//! - [`snapshot`]: the output layout, Arrow schema, Parquet writer and manifest.
+//! - [`store`]: `storage.url` to an object store.
+//! - [`simulator`]: the simulated Admin API used by `demo`, tests and benchmarks.
+//! - [`error`]: error types and exit codes.
+
+pub mod atlassian;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod secret;
+pub mod simulator;
+pub mod snapshot;
+pub mod store;
+
+pub use error::{Error, Result, RunError};

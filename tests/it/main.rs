@@ -1,0 +1,2 @@
+//! Integration tests: one binary, real HTTP against the simulator on 127.0.0.1, real Parquet.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

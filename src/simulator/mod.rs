@@ -38,6 +38,9 @@ pub struct SimConfig {
     pub next_as_url: bool,
     /// Added before every users-page response (benchmarks' network latency).
     pub latency: Duration,
+    /// Ignore the `claimStatus` filter and return every account (to prove the client drops
+    /// what it did not ask for).
+    pub ignore_claim_filter: bool,
 }
 
 impl Default for SimConfig {
@@ -48,6 +51,7 @@ impl Default for SimConfig {
             directories: 2,
             next_as_url: false,
             latency: Duration::ZERO,
+            ignore_claim_filter: false,
         }
     }
 }
@@ -591,7 +595,12 @@ async fn users_page(
         }
         _ => {}
     }
-    let index = population.index(params.claim.as_deref(), params.status.as_deref());
+    let claim = if state.config.ignore_claim_filter {
+        None
+    } else {
+        params.claim.as_deref()
+    };
+    let index = population.index(claim, params.status.as_deref());
     let start = params.offset.min(index.len());
     let end = (start + limit).min(index.len());
     let mut body = String::with_capacity((end - start) * 900 + 200);

@@ -1,2 +1,11 @@
 //! Integration tests: one binary, real HTTP against the simulator on 127.0.0.1, real Parquet.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod cli;
+mod scan;
+mod support;

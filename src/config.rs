@@ -562,14 +562,14 @@ fn validate(
                 }
             }
             check_unique(&names, p);
-            if let Selection::Named(want) = selection {
-                if !names.iter().any(|(_, n)| n == want || slugify(n) == want) {
-                    let known: Vec<_> = names.iter().map(|(_, n)| n.as_str()).collect();
-                    p.push(
-                        "connections",
-                        format!("no connection named {want:?} (configured: {known:?})"),
-                    );
-                }
+            if let Selection::Named(want) = selection
+                && !names.iter().any(|(_, n)| n == want || slugify(n) == want)
+            {
+                let known: Vec<_> = names.iter().map(|(_, n)| n.as_str()).collect();
+                p.push(
+                    "connections",
+                    format!("no connection named {want:?} (configured: {known:?})"),
+                );
             }
         }
         Some(other) => p.push(

@@ -60,6 +60,9 @@ pub enum Command {
         /// Snapshot date (YYYY-MM-DD) instead of today's UTC date.
         #[arg(long, value_name = "YYYY-MM-DD")]
         snapshot_date: Option<NaiveDate>,
+        /// Publish even if the population guard refuses (the drop is real).
+        #[arg(long)]
+        accept_drop: bool,
     },
     /// Scan the built-in simulated organization into ./snapshots; no credentials needed.
     Demo {
@@ -152,13 +155,22 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Run {
             connection,
             snapshot_date,
+            accept_drop,
         } => {
             let selection = connection
                 .as_deref()
                 .map_or(Selection::All, Selection::Named);
             let config = config::load(&config_path, &Env::from_process(), selection)?;
             let storage = Storage::open(&config.storage)?;
-            let reports = job::run_all(&config, &storage, &RunOptions { snapshot_date }).await;
+            let reports = job::run_all(
+                &config,
+                &storage,
+                &RunOptions {
+                    snapshot_date,
+                    accept_drop,
+                },
+            )
+            .await;
             Ok(print_reports(&reports))
         }
         Command::Demo { out, users, seed } => demo(out, users, seed).await,
@@ -371,6 +383,7 @@ async fn demo(out: PathBuf, users: usize, seed: u64) -> Result<u8, Error> {
             api_base_url: base,
             allow_insecure_http: true,
             users_endpoint: UsersEndpoint::List,
+            max_drop_percent: 100,
             index: 0,
         }],
     };

@@ -77,6 +77,7 @@ const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_MAX_RETRY_WAIT_SECS: u64 = 120;
 const DEFAULT_RETRY_BUDGET_SECS: u64 = 900;
 const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u64 = 4;
+const DEFAULT_MAX_DROP_PERCENT: u64 = 50;
 
 /// Which Admin API operation lists the users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,9 @@ pub struct ConnectionConfig {
     pub allow_insecure_http: bool,
     /// Which listing operation to walk.
     pub users_endpoint: UsersEndpoint,
+    /// Largest drop, in percent of the previous snapshot's users, published without
+    /// `--accept-drop`.
+    pub max_drop_percent: u8,
     /// Position in the file, for key paths in later messages.
     pub index: usize,
 }
@@ -740,6 +744,8 @@ fn validate_connection(
     let scan_unmanaged_users = table.bool("scan_unmanaged_users", false, p);
     let member_source_of_truth = table.bool("member_source_of_truth", false, p);
     let allow_insecure_http = table.bool("allow_insecure_http", false, p);
+    let max_drop_percent =
+        table.integer("max_drop_percent", DEFAULT_MAX_DROP_PERCENT, 0..=100, p) as u8;
 
     let api_base_url = match table.string("api_base_url", p) {
         None => Url::parse(DEFAULT_API_BASE_URL).ok(),
@@ -776,6 +782,7 @@ fn validate_connection(
         api_base_url: api_base_url?,
         allow_insecure_http,
         users_endpoint: users_endpoint?,
+        max_drop_percent,
         index,
     })
 }

@@ -17,14 +17,14 @@ use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::mpsc;
 
-use crate::atlassian::client::{AdminClient, UsersFilter};
+use crate::atlassian::client::{AdminClient, ApiError, UsersFilter};
 use crate::atlassian::model::{ClaimTag, Cursor, UserRecord};
 use crate::config::{Config, ConnectionConfig};
 use crate::error::RunError;
-use crate::snapshot::SnapshotKey;
 use crate::snapshot::manifest::{Counts, DataFileFacts, HttpEffort, Manifest};
 use crate::snapshot::schema::{SCHEMA_VERSION, UsersBatchBuilder, users_schema};
 use crate::snapshot::writer::{ParquetUpload, writer_properties};
+use crate::snapshot::{SnapshotKey, catalog};
 use crate::store::Storage;
 
 /// Rows gathered before a batch is handed to the Parquet encoder.
@@ -37,6 +37,8 @@ const CHANNEL_PAGES: usize = 4;
 pub struct RunOptions {
     /// Overrides the snapshot date (backfills, tests). Default: UTC date at scan start.
     pub snapshot_date: Option<NaiveDate>,
+    /// Publish even if the population guard would refuse.
+    pub accept_drop: bool,
 }
 
 /// What one connection's successful run produced.
@@ -148,59 +150,21 @@ pub async fn run_connection(
         },
     };
 
-    let mut upload = ParquetUpload::create(
-        storage,
-        &key.data_path(),
-        users_schema(),
-        writer_properties(Vec::new()),
-    )
-    .map_err(|e| RunError::from_write(&conn.name, e))?;
-    let (tx, mut rx) = mpsc::channel::<Page>(CHANNEL_PAGES);
-    let walker = tokio::spawn(walk(
-        client.clone(),
-        filter.clone(),
-        conn.scan_unmanaged_users,
-        tx,
-    ));
-
-    let mut builder = UsersBatchBuilder::new(&conn.org_id);
-    let mut write_result = Ok(());
-    while let Some(page) = rx.recv().await {
-        for (user, tag) in &page.users {
-            builder.append(user, *tag, page.received_at);
-        }
-        if builder.len() >= BATCH_ROWS {
-            write_result = upload.write(&builder.finish()).await;
-            if write_result.is_err() {
-                break;
+    // A 400 on a cursor (expired, or the API lost it) restarts the walk once from the
+    // beginning, on a fresh upload; a second one fails the run.
+    let mut restarted = false;
+    let (upload, stats) = loop {
+        match scan_once(storage, conn, &client, &filter, &key).await {
+            Ok(done) => break done,
+            Err(RunError::Api(e @ ApiError::BadCursor { .. })) if !restarted => {
+                tracing::warn!(error = %e, "The API rejected a page cursor; restarting the walk from the first page.");
+                restarted = true;
             }
+            Err(e) => return Err(e),
         }
-    }
-    // Dropping the receiver makes a walker that is still sending stop at its next page.
-    drop(rx);
-    let walked = walker
-        .await
-        .map_err(|e| internal(format!("the page walker stopped: {e}")));
-    let stats = match (write_result, walked) {
-        (Err(e), _) => {
-            upload.abort().await;
-            return Err(RunError::from_write(&conn.name, e));
-        }
-        (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => {
-            upload.abort().await;
-            return Err(e);
-        }
-        (Ok(()), Ok(Ok(stats))) => stats,
     };
-    if !builder.is_empty()
-        && let Err(e) = upload.write(&builder.finish()).await
-    {
-        upload.abort().await;
-        return Err(RunError::from_write(&conn.name, e));
-    }
 
     manifest.counts = stats.counts;
-    manifest.counts.unparsed_timestamps = builder.bad_timestamps;
     manifest.pages = stats.pages;
     // The count endpoint is a cross-check; if it fails, the scan is still complete.
     manifest.api_count = match client.users_count(&filter).await {
@@ -226,6 +190,19 @@ pub async fn run_connection(
         wait_secs: effort.waited().as_secs_f64(),
     };
 
+    if let Err(e) = population_guard(
+        storage,
+        conn,
+        &key,
+        manifest.counts.users,
+        options.accept_drop,
+    )
+    .await
+    {
+        upload.abort().await;
+        return Err(e);
+    }
+
     let data = upload
         .finish(manifest.key_values())
         .await
@@ -243,6 +220,107 @@ pub async fn run_connection(
         location: format!("{}/{}", storage.url.trim_end_matches('/'), key.data_path()),
         manifest,
         duration: clock.elapsed(),
+    })
+}
+
+/// Walks every page into a new upload. On success the upload holds every row but is not
+/// completed yet; on failure it has been aborted.
+async fn scan_once(
+    storage: &Storage,
+    conn: &ConnectionConfig,
+    client: &AdminClient,
+    filter: &UsersFilter,
+    key: &SnapshotKey,
+) -> Result<(ParquetUpload, WalkStats), RunError> {
+    let write_err = |e| RunError::from_write(&conn.name, e);
+    let mut upload = ParquetUpload::create(
+        storage,
+        &key.data_path(),
+        users_schema(),
+        writer_properties(Vec::new()),
+    )
+    .map_err(write_err)?;
+    let (tx, mut rx) = mpsc::channel::<Page>(CHANNEL_PAGES);
+    let walker = tokio::spawn(walk(
+        client.clone(),
+        filter.clone(),
+        conn.scan_unmanaged_users,
+        tx,
+    ));
+
+    let mut builder = UsersBatchBuilder::new(&conn.org_id);
+    let mut write_result = Ok(());
+    while let Some(page) = rx.recv().await {
+        for (user, tag) in &page.users {
+            builder.append(user, *tag, page.received_at);
+        }
+        if builder.len() >= BATCH_ROWS {
+            write_result = upload.write(&builder.finish()).await;
+            if write_result.is_err() {
+                break;
+            }
+        }
+    }
+    drop(rx);
+    if let Err(e) = write_result {
+        // The walker may be waiting out a retry; it has nothing left to deliver to.
+        walker.abort();
+        upload.abort().await;
+        return Err(write_err(e));
+    }
+    let mut stats = match walker.await {
+        Ok(Ok(stats)) => stats,
+        Ok(Err(e)) => {
+            upload.abort().await;
+            return Err(e);
+        }
+        Err(e) => {
+            upload.abort().await;
+            return Err(RunError::Internal {
+                connection: conn.name.clone(),
+                reason: format!("the page walker stopped: {e}"),
+            });
+        }
+    };
+    if !builder.is_empty()
+        && let Err(e) = upload.write(&builder.finish()).await
+    {
+        upload.abort().await;
+        return Err(write_err(e));
+    }
+    stats.counts.unparsed_timestamps = builder.bad_timestamps;
+    Ok((upload, stats))
+}
+
+/// Refuses to publish a scan far smaller than the latest earlier snapshot of the same
+/// connection, which usually means a broken key scope or an API incident, not a layoff.
+async fn population_guard(
+    storage: &Storage,
+    conn: &ConnectionConfig,
+    key: &SnapshotKey,
+    users: u64,
+    accept_drop: bool,
+) -> Result<(), RunError> {
+    if accept_drop {
+        return Ok(());
+    }
+    let Some((date, previous)) = catalog::latest_usable(storage, &key.slug, key.date).await? else {
+        return Ok(());
+    };
+    let before = previous.counts.users;
+    if before == 0 || users >= before {
+        return Ok(());
+    }
+    let drop_percent = (before - users) as f64 * 100.0 / before as f64;
+    if drop_percent <= f64::from(conn.max_drop_percent) {
+        return Ok(());
+    }
+    Err(RunError::Guard {
+        connection: conn.name.clone(),
+        reason: format!(
+            "population guard: this scan found {users} users, the snapshot of {date} had {before} (a drop of {drop_percent:.1}%, more than max_drop_percent = {}). If the drop is real, rerun with --accept-drop or raise max_drop_percent for this connection",
+            conn.max_drop_percent
+        ),
     })
 }
 

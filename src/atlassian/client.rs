@@ -11,27 +11,23 @@
 //! Pagination loops live in the scanner, not here.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
-use tokio::time::Instant;
 use url::Url;
 
 use super::model::{
     self, CountResponse, Cursor, DirectoriesPage, PageError, UsersPage, decode_users_page,
 };
+use super::retry::{Attempt, HttpStats, Retrier};
 use crate::config::{ConnectionConfig, HttpConfig, UsersEndpoint};
 
 /// The page size idsnap asks for: the documented maximum.
 pub const PAGE_LIMIT: u32 = 100;
 /// Largest response body accepted for one page.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-/// First backoff step; doubled per attempt, then capped by `max_retry_wait`.
-const BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why an Admin API call failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -132,29 +128,6 @@ impl ApiError {
     }
 }
 
-/// Counters for the summary and manifest.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    requests: AtomicU64,
-    retries: AtomicU64,
-    waited_ms: AtomicU64,
-}
-
-impl HttpStats {
-    /// HTTP requests sent (attempts, including retries).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-    /// Attempts that were retries.
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-    /// Total time spent waiting before retries or for rate-limit resets.
-    pub fn waited(&self) -> Duration {
-        Duration::from_millis(self.waited_ms.load(Ordering::Relaxed))
-    }
-}
-
 /// Which users a walk asks for. Filters go on the first page only; the cursor carries them on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsersFilter {
@@ -179,24 +152,7 @@ struct Inner {
     connection: String,
     token_source: String,
     endpoint: UsersEndpoint,
-    settings: HttpConfig,
-    stats: HttpStats,
-    /// No request before this instant: set by 429s and exhausted rate-limit windows, and
-    /// shared by every walk of this connection.
-    not_before: Mutex<Option<Instant>>,
-    /// Total waiting so far, checked against `retry_budget`.
-    waited: Mutex<Duration>,
-    rng: Mutex<u64>,
-}
-
-/// What one attempt produced.
-enum Attempt<T> {
-    Done(T),
-    Retry {
-        wait: Option<Duration>,
-        error: String,
-    },
-    Fail(ApiError),
+    retry: Retrier,
 }
 
 impl AdminClient {
@@ -222,7 +178,6 @@ impl AdminClient {
         let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let seed = Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64 ^ 0x9e37_79b9_7f4a_7c15;
         Ok(AdminClient {
             inner: Arc::new(Inner {
                 http,
@@ -232,18 +187,14 @@ impl AdminClient {
                 connection: conn.name.clone(),
                 token_source: conn.token_source.to_string(),
                 endpoint: conn.users_endpoint,
-                settings: settings.clone(),
-                stats: HttpStats::default(),
-                not_before: Mutex::new(None),
-                waited: Mutex::new(Duration::ZERO),
-                rng: Mutex::new(seed),
+                retry: Retrier::new(&conn.name, settings),
             }),
         })
     }
 
     /// Request counters so far.
     pub fn stats(&self) -> &HttpStats {
-        &self.inner.stats
+        self.inner.retry.stats()
     }
 
     /// The connection name this client serves.
@@ -368,55 +319,12 @@ impl AdminClient {
         decode: impl Fn(&[u8]) -> Result<T, PageError>,
     ) -> Result<T, ApiError> {
         let what = format!("{method} {}", url.path());
-        let max_retries = self.inner.settings.max_retries;
-        let mut attempt = 0u32;
-        loop {
-            self.wait_for_gate().await;
-            self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = self
-                .attempt(&method, &url, body.as_deref(), has_cursor, &what, &decode)
-                .await;
-            let (wait, error) = match outcome {
-                Attempt::Done(v) => return Ok(v),
-                Attempt::Fail(e) => return Err(e),
-                Attempt::Retry { wait, error } => (wait, error),
-            };
-            let unavailable = |reason| ApiError::Unavailable {
-                connection: self.inner.connection.clone(),
-                what: what.clone(),
-                attempts: attempt + 1,
-                reason,
-                last: error.clone(),
-            };
-            if attempt >= max_retries {
-                return Err(unavailable("max_retries reached"));
-            }
-            let wait = wait
-                .unwrap_or_else(|| self.backoff(attempt))
-                .min(self.inner.settings.max_retry_wait);
-            {
-                let mut waited = lock(&self.inner.waited);
-                if *waited + wait > self.inner.settings.retry_budget {
-                    return Err(unavailable("retry_budget_secs used up"));
-                }
-                *waited += wait;
-            }
-            tracing::warn!(
-                connection = %self.inner.connection,
-                request = %what,
-                attempt = attempt + 1,
-                wait_ms = wait.as_millis() as u64,
-                error = %error,
-                "Request failed; retrying."
-            );
-            self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
-            self.inner
-                .stats
-                .waited_ms
-                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
-            self.set_gate(Instant::now() + wait);
-            attempt += 1;
-        }
+        self.inner
+            .retry
+            .run(&what, || {
+                self.attempt(&method, &url, body.as_deref(), has_cursor, &what, &decode)
+            })
+            .await
     }
 
     async fn attempt<T>(
@@ -482,7 +390,7 @@ impl AdminClient {
                 Err(PageError::Malformed(e)) => Attempt::Fail(self.malformed(what, e)),
             },
             StatusCode::TOO_MANY_REQUESTS => Attempt::Retry {
-                wait: Some(server_wait(&headers, Utc::now()).unwrap_or_else(|| self.backoff(0))),
+                wait: server_wait(&headers, Utc::now()),
                 error: "429 Too Many Requests".into(),
             },
             StatusCode::REQUEST_TIMEOUT => Attempt::Retry {
@@ -529,68 +437,19 @@ impl AdminClient {
         }
     }
 
-    /// Exponential backoff with full jitter: a uniform wait in `[0, base·2^attempt]`, capped.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let cap = BASE_BACKOFF
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.inner.settings.max_retry_wait);
-        let r = {
-            let mut state = lock(&self.inner.rng);
-            splitmix64(&mut state)
-        };
-        cap.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
     /// When the window is used up (`X-RateLimit-Remaining: 0`), hold every request until
     /// the reset.
     fn note_rate_limit(&self, headers: &HeaderMap) {
         let remaining =
             header_str(headers, "x-ratelimit-remaining").and_then(|v| v.trim().parse::<u64>().ok());
-        if remaining == Some(0)
-            && let Some(reset) = header_str(headers, "x-ratelimit-reset").and_then(parse_reset_time)
-        {
-            let wait = (reset - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .min(self.inner.settings.max_retry_wait);
-            if !wait.is_zero() {
-                tracing::info!(connection = %self.inner.connection, wait_ms = wait.as_millis() as u64, "Rate-limit window used up; pausing until it resets.");
-                self.inner
-                    .stats
-                    .waited_ms
-                    .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
-                self.set_gate(Instant::now() + wait);
-            }
+        if remaining != Some(0) {
+            return;
+        }
+        if let Some(reset) = header_str(headers, "x-ratelimit-reset").and_then(parse_reset_time) {
+            let wait = (reset - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            self.inner.retry.pause_for_window(wait);
         }
     }
-
-    fn set_gate(&self, until: Instant) {
-        let mut gate = lock(&self.inner.not_before);
-        if gate.is_none_or(|g| g < until) {
-            *gate = Some(until);
-        }
-    }
-
-    async fn wait_for_gate(&self) {
-        let until = *lock(&self.inner.not_before);
-        if let Some(until) = until {
-            tokio::time::sleep_until(until).await;
-        }
-    }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (plain counters and
-/// instants), so poisoning is ignored rather than propagated.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn page_error(e: &serde_json::Error) -> PageError {

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod model;
+pub mod retry;
 
 pub use client::{AdminClient, ApiError, UsersFilter};

@@ -8,6 +8,7 @@
 //! The data file is written first and appears whole or not at all (a single PUT, or a
 //! multipart upload that is completed only after the walk succeeded); the manifest follows.
 
+pub mod catalog;
 pub mod manifest;
 pub mod schema;
 pub mod writer;

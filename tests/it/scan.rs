@@ -12,6 +12,15 @@ use idsnap::store::Storage;
 use crate::support::*;
 
 async fn run(h: &Harness, extra: &str, day: &str) -> Vec<idsnap::job::ConnectionReport> {
+    run_with(h, extra, day, false).await
+}
+
+pub async fn run_with(
+    h: &Harness,
+    extra: &str,
+    day: &str,
+    accept_drop: bool,
+) -> Vec<idsnap::job::ConnectionReport> {
     let config = h.config(extra);
     let storage = Storage::open(&config.storage).unwrap();
     run_all(
@@ -19,6 +28,7 @@ async fn run(h: &Harness, extra: &str, day: &str) -> Vec<idsnap::job::Connection
         &storage,
         &RunOptions {
             snapshot_date: Some(date(day)),
+            accept_drop,
         },
     )
     .await
@@ -376,8 +386,9 @@ async fn a_rerun_replaces_the_snapshot_and_a_failed_rerun_keeps_it() {
     );
 
     // A successful rerun with a different population replaces it.
+    // (120 of 300 is a 60 % drop, so the population guard must be overridden.)
     h.sim.set_users(users(120, 11));
-    let reports = run(&h, "scan_unmanaged_users = true", "2026-01-01").await;
+    let reports = run_with(&h, "scan_unmanaged_users = true", "2026-01-01", true).await;
     assert!(reports[0].outcome.is_ok());
     assert_eq!(rows(&h, "2026-01-01"), 120);
     assert_eq!(h.manifest("2026-01-01").counts.users, 120);

@@ -96,6 +96,17 @@ pub enum Command {
         /// Latency added to every users page, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Inject a fault into users-page request N (or N-M), e.g. `3:503`, `5:429-retry-after=2`,
+        /// `7:reset`, `2:slow=3000`, `4:truncate`, `6:repeat-cursor`, `8:401`, `9:no-data`,
+        /// `10:bad-cursor`, `11:429-reset-minute`, `12:window-exhausted=5`. Repeatable.
+        #[arg(long = "fault", value_name = "N:KIND")]
+        faults: Vec<simulator::FaultSpec>,
+        /// Return every account whatever the claimStatus filter says.
+        #[arg(long)]
+        ignore_claim_filter: bool,
+        /// Send links.next as a full URL instead of a bare cursor.
+        #[arg(long)]
+        next_as_url: bool,
     },
 }
 
@@ -181,11 +192,16 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
             org_id,
             token,
             latency_ms,
+            faults,
+            ignore_claim_filter,
+            next_as_url,
         } => {
             let sim_config = SimConfig {
                 org_id: org_id.clone(),
                 token,
                 latency: Duration::from_millis(latency_ms),
+                ignore_claim_filter,
+                next_as_url,
                 ..SimConfig::default()
             };
             let population =
@@ -193,6 +209,9 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
             let sim = Simulator::start(sim_config, population, port)
                 .await
                 .map_err(|e| Error::Internal(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+            for spec in &faults {
+                sim.faults().range(spec.first, spec.last, spec.fault);
+            }
             println!(
                 "Simulated Admin API for org {org_id:?} with {users} users on {}",
                 sim.base_url()

@@ -94,6 +94,87 @@ pub enum Fault {
     WindowExhausted(u64),
 }
 
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    /// The `idsnap simulate --fault N:KIND` spellings: `429`, `429-retry-after=S`,
+    /// `429-retry-after-date=S`, `429-reset-minute`, `500`/`502`/`503`/`408` (any status),
+    /// `reset`, `slow=MS`, `truncate`, `repeat-cursor`, `401`, `no-data`, `bad-cursor`,
+    /// `window-exhausted=S`.
+    fn from_str(kind: &str) -> Result<Fault, String> {
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{v:?} is not a number in fault {kind:?}"))
+        };
+        let (name, value) = match kind.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (kind, None),
+        };
+        Ok(match (name, value) {
+            ("429", None) => Fault::RateLimited(RateLimitHint::None),
+            ("429-retry-after", Some(v)) => {
+                Fault::RateLimited(RateLimitHint::RetryAfterSecs(number(v)?))
+            }
+            ("429-retry-after-date", Some(v)) => {
+                Fault::RateLimited(RateLimitHint::RetryAfterDate(number(v)?))
+            }
+            ("429-reset-minute", None) => Fault::RateLimited(RateLimitHint::ResetMinute),
+            ("401", None) => Fault::Unauthorized,
+            ("reset", None) => Fault::Reset,
+            ("slow", Some(v)) => Fault::Slow(Duration::from_millis(number(v)?)),
+            ("truncate", None) => Fault::Truncate,
+            ("repeat-cursor", None) => Fault::RepeatCursor,
+            ("no-data", None) => Fault::NoData,
+            ("bad-cursor", None) => Fault::BadCursor,
+            ("window-exhausted", Some(v)) => Fault::WindowExhausted(number(v)?),
+            (code, None)
+                if code.len() == 3
+                    && code.parse::<u16>().is_ok_and(|c| (400..600).contains(&c)) =>
+            {
+                Fault::Status(code.parse().unwrap_or(500))
+            }
+            _ => return Err(format!("unknown fault {kind:?}")),
+        })
+    }
+}
+
+/// A `--fault` argument: which users-page requests (`N` or `N-M`, 1-based) get which fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSpec {
+    /// First request hit.
+    pub first: u64,
+    /// Last request hit.
+    pub last: u64,
+    /// The fault.
+    pub fault: Fault,
+}
+
+impl std::str::FromStr for FaultSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FaultSpec, String> {
+        let (when, kind) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected N:KIND or N-M:KIND"))?;
+        let bad = |_| format!("{when:?} is not a request number or range");
+        let (first, last) = match when.split_once('-') {
+            Some((a, b)) => (a.parse().map_err(bad)?, b.parse().map_err(bad)?),
+            None => {
+                let n = when.parse().map_err(bad)?;
+                (n, n)
+            }
+        };
+        if first == 0 || last < first {
+            return Err(format!("{when:?}: requests are numbered from 1"));
+        }
+        Ok(FaultSpec {
+            first,
+            last,
+            fault: kind.parse()?,
+        })
+    }
+}
+
 /// Faults keyed by the 1-based number of the users-page request they hit; each fires once.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
@@ -661,6 +742,27 @@ fn push_json_str(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_specs() {
+        let f: FaultSpec = "3:429-retry-after=2".parse().unwrap();
+        assert_eq!(
+            f,
+            FaultSpec {
+                first: 3,
+                last: 3,
+                fault: Fault::RateLimited(RateLimitHint::RetryAfterSecs(2))
+            }
+        );
+        let f: FaultSpec = "2-4:503".parse().unwrap();
+        assert_eq!((f.first, f.last, f.fault), (2, 4, Fault::Status(503)));
+        assert_eq!(
+            "1:slow=250".parse::<FaultSpec>().unwrap().fault,
+            Fault::Slow(Duration::from_millis(250))
+        );
+        assert!("0:reset".parse::<FaultSpec>().is_err());
+        assert!("1:explode".parse::<FaultSpec>().is_err());
+    }
 
     #[test]
     fn cursor_round_trip() {

@@ -7,5 +7,6 @@
 )]
 
 mod cli;
+mod resilience;
 mod scan;
 mod support;

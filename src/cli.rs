@@ -231,6 +231,22 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
 
 async fn test_connections(config: &Config) -> u8 {
     let mut worst = EXIT_OK;
+    match Storage::open(&config.storage) {
+        Ok(storage) => match storage.probe().await {
+            Ok(()) => println!(
+                "storage {}: ok: wrote, read back and deleted a probe object",
+                storage.url
+            ),
+            Err(message) => {
+                worst = crate::error::EXIT_STORAGE;
+                println!("storage {}: FAILED: {message}", storage.url);
+            }
+        },
+        Err(e) => {
+            worst = crate::error::EXIT_STORAGE;
+            println!("storage: FAILED: {e}");
+        }
+    }
     for conn in config.connections.iter().filter(|c| c.token.is_some()) {
         match test_one(conn, &config.http).await {
             Ok(line) => println!("{}: ok: {line}", conn.name),
@@ -385,10 +401,7 @@ async fn demo(out: PathBuf, users: usize, seed: u64) -> Result<u8, Error> {
     );
     let base = config::parse_base_url(&sim.base_url(), true).map_err(Error::Internal)?;
     let config = Config {
-        storage: StorageConfig {
-            url: StorageUrl::Local(out.clone()),
-            options: Default::default(),
-        },
+        storage: StorageConfig::new(StorageUrl::Local(out.clone())),
         http: HttpConfig::default(),
         max_concurrent_connections: 1,
         connections: vec![ConnectionConfig {

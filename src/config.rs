@@ -39,6 +39,18 @@ pub struct Config {
     pub connections: Vec<ConnectionConfig>,
 }
 
+impl StorageConfig {
+    /// A store at `url` with no options and the default retry settings.
+    pub fn new(url: StorageUrl) -> StorageConfig {
+        StorageConfig {
+            url,
+            options: BTreeMap::new(),
+            max_retries: DEFAULT_STORAGE_MAX_RETRIES as usize,
+            retry_timeout: Duration::from_secs(DEFAULT_STORAGE_RETRY_TIMEOUT_SECS),
+        }
+    }
+}
+
 /// `[storage]`: the object store that receives snapshots.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -46,6 +58,10 @@ pub struct StorageConfig {
     pub url: StorageUrl,
     /// `[storage.options]`, handed to object_store unchanged.
     pub options: BTreeMap<String, String>,
+    /// Retries of one storage request (cloud stores).
+    pub max_retries: usize,
+    /// Longest time one storage request may keep retrying (cloud stores).
+    pub retry_timeout: Duration,
 }
 
 /// `[http]`: timeouts and retry limits.
@@ -78,6 +94,8 @@ const DEFAULT_MAX_RETRY_WAIT_SECS: u64 = 120;
 const DEFAULT_RETRY_BUDGET_SECS: u64 = 900;
 const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u64 = 4;
 const DEFAULT_MAX_DROP_PERCENT: u64 = 50;
+const DEFAULT_STORAGE_MAX_RETRIES: u64 = 10;
+const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 180;
 
 /// Which Admin API operation lists the users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -625,8 +643,20 @@ fn validate_storage(t: &config::Map<String, Value>, p: &mut Problems) -> Option<
             options.insert(k.clone(), value);
         }
     }
+    let max_retries = table.integer("max_retries", DEFAULT_STORAGE_MAX_RETRIES, 0..=50, p) as usize;
+    let retry_timeout = Duration::from_secs(table.integer(
+        "retry_timeout_secs",
+        DEFAULT_STORAGE_RETRY_TIMEOUT_SECS,
+        1..=3600,
+        p,
+    ));
     table.finish(p);
-    Some(StorageConfig { url: url?, options })
+    Some(StorageConfig {
+        url: url?,
+        options,
+        max_retries,
+        retry_timeout,
+    })
 }
 
 fn validate_http(t: &config::Map<String, Value>, p: &mut Problems) -> HttpConfig {

@@ -114,7 +114,7 @@ pub enum StorageError {
         message: String,
     },
     /// An operation on the store failed.
-    #[error("storage {url}: {action} {path} failed: {source}")]
+    #[error("storage {url}: {action} {path} failed: {}", explain(.source))]
     Operation {
         /// `storage.url`.
         url: String,
@@ -202,8 +202,83 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Writes, reads back and deletes a small probe object under the prefix, and says in
+    /// plain words what failed.
+    pub async fn probe(&self) -> Result<(), String> {
+        use object_store::ObjectStoreExt;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = self.path(&format!("_idsnap_probe/{nonce:x}.txt"));
+        let body = format!("idsnap storage probe {nonce:x}\n");
+        self.store
+            .put(&path, object_store::PutPayload::from(body.clone()))
+            .await
+            .map_err(|e| format!("cannot write {path}: {}", explain(&e)))?;
+        let back = match self.store.get(&path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| format!("cannot read back {path}: {}", explain(&e)))?,
+            Err(e) => return Err(format!("cannot read back {path}: {}", explain(&e))),
+        };
+        if back.as_ref() != body.as_bytes() {
+            return Err(format!("read back {path} but got different bytes"));
+        }
+        self.store
+            .delete(&path)
+            .await
+            .map_err(|e| format!("cannot delete {path}: {}", explain(&e)))?;
+        Ok(())
+    }
+}
+
+/// Turns an object_store error into the likely cause, in plain words, followed by the
+/// store's own text.
+pub fn explain(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let has = |needle: &str| text.contains(needle);
+    let cause = if has("NoSuchBucket")
+        || has("ContainerNotFound")
+        || has("The specified bucket does not exist")
+    {
+        "the bucket does not exist"
+    } else if has("PermanentRedirect")
+        || has("AuthorizationHeaderMalformed")
+        || has("IllegalLocationConstraint")
+        || has("wrong region")
+    {
+        "the bucket is in another region: set aws_region in [storage.options]"
+    } else if matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || has("AccessDenied")
+        || has("InvalidAccessKeyId")
+        || has("SignatureDoesNotMatch")
+        || has("403")
+    {
+        "access denied: check the credentials and the bucket policy"
+    } else if has("error sending request")
+        || has("Connection refused")
+        || has("dns error")
+        || has("timed out")
+        || has("connect")
+    {
+        "the endpoint is unreachable: check aws_endpoint and the network"
+    } else if matches!(e, object_store::Error::NotFound { .. }) {
+        "not found (does the bucket exist?)"
+    } else {
+        "the store refused the request"
+    };
+    format!("{cause} ({text})")
+}
+
 fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path), String> {
     let prefix = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+    let mut retry = object_store::RetryConfig::default();
+    retry.max_retries = config.max_retries;
+    retry.retry_timeout = config.retry_timeout;
     let opts = &config.options;
     let unknown = |k: &str| {
         format!(
@@ -220,7 +295,9 @@ fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore
         }
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let mut b = AmazonS3Builder::from_env().with_url(url.as_str());
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
             for (k, v) in opts {
                 let key =
                     AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
@@ -230,7 +307,9 @@ fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore
         }
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-            let mut b = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
             for (k, v) in opts {
                 let key =
                     GoogleConfigKey::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
@@ -240,7 +319,9 @@ fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore
         }
         _ => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-            let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
             for (k, v) in opts {
                 let key =
                     AzureConfigKey::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
@@ -277,10 +358,10 @@ mod tests {
 
     #[test]
     fn unknown_s3_option_is_rejected() {
-        let config = StorageConfig {
-            url: StorageUrl::parse("s3://bucket/p").unwrap(),
-            options: [("aws_endpont".to_string(), "http://x".to_string())].into(),
-        };
+        let mut config = StorageConfig::new(StorageUrl::parse("s3://bucket/p").unwrap());
+        config
+            .options
+            .insert("aws_endpont".into(), "http://x".into());
         let err = Storage::open(&config).unwrap_err().to_string();
         assert!(err.contains("aws_endpont"), "{err}");
     }

@@ -8,5 +8,6 @@
 
 mod cli;
 mod resilience;
+mod s3;
 mod scan;
 mod support;

@@ -276,9 +276,11 @@ pub fn explain(e: &object_store::Error) -> String {
 
 fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path), String> {
     let prefix = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
-    let mut retry = object_store::RetryConfig::default();
-    retry.max_retries = config.max_retries;
-    retry.retry_timeout = config.retry_timeout;
+    let retry = object_store::RetryConfig {
+        max_retries: config.max_retries,
+        retry_timeout: config.retry_timeout,
+        ..Default::default()
+    };
     let opts = &config.options;
     let unknown = |k: &str| {
         format!(

@@ -15,14 +15,17 @@ use clap::{Parser, Subcommand};
 
 use crate::atlassian::AdminClient;
 use crate::atlassian::model::Cursor;
+use crate::changes::{self, Comparison, DiffError, FeedOutcome};
 use crate::config::{
     self, Config, ConnectionConfig, Env, HttpConfig, Selection, StorageConfig, TokenSource,
     UsersEndpoint,
 };
+use crate::diff::ChangeType;
 use crate::error::{EXIT_INTERNAL, EXIT_OK, Error};
 use crate::job::{self, ConnectionReport, RunOptions};
 use crate::secret::ApiToken;
 use crate::simulator::{self, PopulationOptions, SimConfig, Simulator};
+use crate::snapshot::{SnapshotKey, catalog};
 use crate::store::{Storage, StorageUrl};
 
 /// Nightly identity snapshots of Atlassian organizations, as Parquet on object storage.
@@ -76,6 +79,28 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// List the published snapshots, one line each.
+    Snapshots {
+        /// Only this connection (name or slug).
+        #[arg(long)]
+        connection: Option<String>,
+    },
+    /// Compare two snapshots of a connection (by default the two latest). Exit status as
+    /// diff(1): 0 no differences, 1 differences, 2 error.
+    Diff {
+        /// The connection (name or slug).
+        #[arg(long)]
+        connection: String,
+        /// The baseline date [default: the latest usable snapshot before --to].
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: Option<NaiveDate>,
+        /// The date compared [default: the latest snapshot].
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: Option<NaiveDate>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Table)]
+        format: DiffFormat,
+    },
     /// Serve the simulated Admin API on 127.0.0.1 until interrupted.
     Simulate {
         /// Port (0 picks a free one).
@@ -108,6 +133,17 @@ pub enum Command {
         #[arg(long)]
         next_as_url: bool,
     },
+}
+
+/// How `diff` prints its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON document.
+    Json,
+    /// CSV with a header row.
+    Csv,
 }
 
 /// Parses the process arguments, runs the command, and returns its exit code.
@@ -185,6 +221,44 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
             Ok(print_reports(&reports))
         }
         Command::Demo { out, users, seed } => demo(out, users, seed).await,
+        Command::Snapshots { connection } => {
+            let config = config::load(&config_path, &Env::from_process(), Selection::NoTokens)?;
+            let storage = Storage::open(&config.storage)?;
+            list_snapshots(&config, &storage, connection.as_deref()).await
+        }
+        Command::Diff {
+            connection,
+            from,
+            to,
+            format,
+        } => {
+            // diff(1)'s convention: any trouble is exit 2, whatever its kind.
+            let comparison = async {
+                let config = config::load(&config_path, &Env::from_process(), Selection::NoTokens)?;
+                let storage = Storage::open(&config.storage)?;
+                let slug = resolve_slug(&config, &connection);
+                let comparison = changes::compare(&storage, &slug, from, to)
+                    .await
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                if comparison.from.is_none() {
+                    return Err(Error::Usage(
+                        DiffError::TooFew { slug, found: 1 }.to_string(),
+                    ));
+                }
+                Ok(comparison)
+            }
+            .await
+            .map_err(|e| match e {
+                Error::Config(_) | Error::Usage(_) => e,
+                other => Error::Usage(other.to_string()),
+            })?;
+            print_diff(&connection, &comparison, format);
+            Ok(if comparison.difference.is_empty() {
+                0
+            } else {
+                1
+            })
+        }
         Command::Simulate {
             port,
             users,
@@ -225,6 +299,168 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
                 .await
                 .map_err(|e| Error::Internal(format!("waiting for Ctrl-C failed: {e}")))?;
             Ok(EXIT_OK)
+        }
+    }
+}
+
+/// The slug for a connection given by name or slug; names not in the config are slugified,
+/// so snapshots of a connection since removed from the config stay reachable.
+fn resolve_slug(config: &Config, name: &str) -> String {
+    config
+        .connections
+        .iter()
+        .find(|c| c.name == name || c.slug == name)
+        .map_or_else(|| config::slugify(name), |c| c.slug.clone())
+}
+
+async fn list_snapshots(
+    config: &Config,
+    storage: &Storage,
+    connection: Option<&str>,
+) -> Result<u8, Error> {
+    let slugs = match connection {
+        Some(name) => vec![resolve_slug(config, name)],
+        None => catalog::connection_slugs(storage).await?,
+    };
+    println!(
+        "{:<24} {:<10} {:>10} {:>10} {:>10}  written at",
+        "connection", "date", "users", "managed", "unmanaged"
+    );
+    let mut any = false;
+    for slug in slugs {
+        for date in catalog::snapshot_dates(storage, &slug).await? {
+            any = true;
+            let key = SnapshotKey {
+                slug: slug.clone(),
+                date,
+            };
+            match catalog::read_manifest(storage, &key).await {
+                Ok(m) => println!(
+                    "{:<24} {:<10} {:>10} {:>10} {:>10}  {}",
+                    m.connection,
+                    date,
+                    thousands(m.counts.users),
+                    thousands(m.counts.managed),
+                    thousands(m.counts.unmanaged),
+                    m.scan_finished_at
+                ),
+                Err(problem) => println!("{slug:<24} {date:<10} ({problem})"),
+            }
+        }
+    }
+    if !any {
+        println!("(no snapshots under {})", storage.url);
+    }
+    Ok(EXIT_OK)
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn print_diff(connection: &str, c: &Comparison, format: DiffFormat) {
+    let from = c
+        .from
+        .as_ref()
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_default();
+    let to = c.to.0.to_string();
+    let d = &c.difference;
+    match format {
+        DiffFormat::Json => {
+            let rows: Vec<_> = d
+                .changes
+                .iter()
+                .map(|ch| {
+                    let cur = ch.current();
+                    serde_json::json!({
+                        "account_id": ch.account_id,
+                        "change_type": ch.change_type.as_str(),
+                        "changed_fields": ch.changed_fields,
+                        "email": cur.email, "name": cur.name, "claim_status": cur.claim_status, "status": cur.status,
+                        "before": ch.before, "after": ch.after,
+                    })
+                })
+                .collect();
+            let counts: serde_json::Map<String, serde_json::Value> = ChangeType::ALL
+                .iter()
+                .map(|t| (t.as_str().to_owned(), d.count(*t).into()))
+                .collect();
+            let doc = serde_json::json!({
+                "connection": connection, "from": from, "to": to, "scope_note": c.scope_note,
+                "counts": counts, "changes": rows,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        DiffFormat::Csv => {
+            println!(
+                "account_id,change_type,changed_fields,email,name,claim_status,status,before,after"
+            );
+            for ch in &d.changes {
+                let cur = ch.current();
+                let fields = [
+                    ch.account_id.clone(),
+                    ch.change_type.as_str().to_owned(),
+                    ch.changed_fields.join(";"),
+                    cur.email.clone().unwrap_or_default(),
+                    cur.name.clone().unwrap_or_default(),
+                    cur.claim_status.clone().unwrap_or_default(),
+                    cur.status.clone().unwrap_or_default(),
+                    ch.before.as_ref().map(|b| b.to_json()).unwrap_or_default(),
+                    ch.after.as_ref().map(|a| a.to_json()).unwrap_or_default(),
+                ];
+                println!(
+                    "{}",
+                    fields
+                        .iter()
+                        .map(|f| csv_field(f))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+        }
+        DiffFormat::Table => {
+            println!("{connection}: {from} → {to}");
+            if let Some(note) = &c.scope_note {
+                println!("WARNING: {note}");
+            }
+            let counts: Vec<String> = ChangeType::ALL
+                .iter()
+                .map(|t| format!("{} {}", d.count(*t), t.as_str()))
+                .collect();
+            println!("{}", counts.join(", "));
+            if d.is_empty() {
+                return;
+            }
+            println!();
+            println!(
+                "{:<10} {:<28} {:<30} {:<22} changed",
+                "change", "account_id", "email", "name"
+            );
+            for ch in &d.changes {
+                let cur = ch.current();
+                println!(
+                    "{:<10} {:<28} {:<30} {:<22} {}",
+                    ch.change_type.as_str(),
+                    truncate(&ch.account_id, 28),
+                    truncate(cur.email.as_deref().unwrap_or("-"), 30),
+                    truncate(cur.name.as_deref().unwrap_or("-"), 22),
+                    ch.changed_fields.join(",")
+                );
+            }
         }
     }
 }
@@ -372,6 +608,34 @@ fn print_reports(reports: &[ConnectionReport]) -> u8 {
                     thousands(m.http.retries),
                     m.http.wait_secs
                 );
+                match &summary.changes {
+                    Ok(FeedOutcome::First) => println!(
+                        "  changes: first snapshot of this connection, no change feed written"
+                    ),
+                    Ok(FeedOutcome::Written {
+                        previous,
+                        counts,
+                        scope_note,
+                        skipped,
+                    }) => {
+                        println!(
+                            "  changes since {previous}: {} appeared, {} vanished, {} reappeared, {} changed",
+                            thousands(counts[0] as u64),
+                            thousands(counts[1] as u64),
+                            thousands(counts[2] as u64),
+                            thousands(counts[3] as u64)
+                        );
+                        if let Some(note) = scope_note {
+                            println!("  WARNING: {note}");
+                        }
+                        for s in skipped {
+                            println!("  note: skipped snapshot {s} as a baseline");
+                        }
+                    }
+                    Err(e) => println!(
+                        "  FAILED to write the change feed (exit 6; the snapshot is published): {e}"
+                    ),
+                }
             }
             Err(e) => println!("{}: FAILED (exit {}): {e}", report.name, e.exit_code()),
         }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::atlassian::client::{AdminClient, ApiError, UsersFilter};
 use crate::atlassian::model::{ClaimTag, Cursor, UserRecord};
+use crate::changes::{self, FeedOutcome};
 use crate::config::{Config, ConnectionConfig};
 use crate::error::RunError;
 use crate::snapshot::manifest::{Counts, DataFileFacts, HttpEffort, Manifest};
@@ -50,6 +51,9 @@ pub struct RunSummary {
     pub duration: Duration,
     /// Where the data file went (URL form).
     pub location: String,
+    /// The change feed: written, not needed (first snapshot), or failed (the snapshot itself
+    /// is published all the same).
+    pub changes: Result<FeedOutcome, String>,
 }
 
 /// One connection's outcome, in config order.
@@ -62,9 +66,14 @@ pub struct ConnectionReport {
 }
 
 impl ConnectionReport {
-    /// 0 on success, else the failure's exit code.
+    /// 0 on success, else the failure's exit code. A published snapshot whose change feed
+    /// could not be written counts as a storage failure (6).
     pub fn exit_code(&self) -> u8 {
-        self.outcome.as_ref().err().map_or(0, RunError::exit_code)
+        match &self.outcome {
+            Ok(summary) if summary.changes.is_err() => crate::error::EXIT_STORAGE,
+            Ok(_) => 0,
+            Err(e) => e.exit_code(),
+        }
     }
 }
 
@@ -216,10 +225,32 @@ pub async fn run_connection(
         .await
         .map_err(|e| storage.error("writing", &manifest_path, e))?;
     tracing::info!(users = manifest.counts.users, pages = manifest.pages, path = %manifest.data_file.path, "Published snapshot.");
+    let changes = changes::publish_feed(storage, &key)
+        .await
+        .map_err(|e| e.to_string());
+    match &changes {
+        Ok(FeedOutcome::First) => {
+            tracing::info!("First snapshot of this connection: no change feed to write.")
+        }
+        Ok(FeedOutcome::Written {
+            previous, counts, ..
+        }) => tracing::info!(
+            previous = %previous,
+            appeared = counts[0],
+            vanished = counts[1],
+            reappeared = counts[2],
+            changed = counts[3],
+            "Wrote the change feed."
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "The snapshot is published, but the change feed could not be written.")
+        }
+    }
     Ok(RunSummary {
         location: format!("{}/{}", storage.url.trim_end_matches('/'), key.data_path()),
         manifest,
         duration: clock.elapsed(),
+        changes,
     })
 }
 

@@ -6,14 +6,19 @@
 //! - [`secret`]: the API token type that cannot be printed.
 //! - [`atlassian`]: the Admin API client (retries, rate limits) and its wire models.
 //! - [`job`]: one run: walk every page of every connection and publish the snapshots.
-//! - [`snapshot`]: the output layout, Arrow schema, Parquet writer and manifest.
+//! - [`snapshot`]: the output layout, Arrow schema, Parquet writer and reader, manifest, and
+//!   the catalog of published snapshots.
+//! - [`diff`]: the pure comparison of two snapshots.
+//! - [`changes`]: the change feed written after each run, and on-demand comparisons.
 //! - [`store`]: `storage.url` to an object store.
 //! - [`simulator`]: the simulated Admin API used by `demo`, tests and benchmarks.
 //! - [`error`]: error types and exit codes.
 
 pub mod atlassian;
+pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod error;
 pub mod job;
 pub mod secret;

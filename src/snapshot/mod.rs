@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod manifest;
+pub mod reader;
 pub mod schema;
 pub mod writer;
 

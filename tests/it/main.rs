@@ -6,6 +6,7 @@
     unreachable_pub
 )]
 
+mod changes;
 mod cli;
 mod resilience;
 mod s3;

@@ -9,6 +9,7 @@
 //! comparison says so, instead of reporting every unmanaged account as appeared or vanished.
 
 use std::collections::HashSet;
+use std::hash::RandomState;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Date32Builder, ListBuilder, RecordBatch, StringBuilder};
@@ -17,7 +18,7 @@ use chrono::NaiveDate;
 use object_store::ObjectStoreExt;
 use parquet::file::metadata::KeyValue;
 
-use crate::diff::{ChangeType, Difference, Side, diff};
+use crate::diff::{ChangeType, DiffBuilder, Difference};
 use crate::snapshot::SnapshotKey;
 use crate::snapshot::catalog::{self, ManifestProblem};
 use crate::snapshot::manifest::Manifest;
@@ -190,29 +191,30 @@ pub async fn compare(
         slug: slug.to_owned(),
         date,
     };
+    // One keyed hasher for both sides, so their fingerprints compare.
+    let hasher = RandomState::new();
     let before = reader::read_compared(
         storage,
         &key(from_date).data_path(),
         from_manifest.data_file.size_bytes,
         managed_only,
+        &hasher,
     )
     .await?;
-    let after = reader::read_compared(
+    let mut builder = DiffBuilder::new(&before);
+    reader::for_each_batch(
         storage,
         &key(to_date).data_path(),
         to_manifest.data_file.size_bytes,
         managed_only,
+        &hasher,
+        |batch| builder.push(&batch),
     )
     .await?;
+    let mut difference = builder.finish();
 
     // Accounts new since `from` are "reappeared" if any older usable snapshot had them.
-    let candidates: HashSet<&str> = {
-        let in_before: HashSet<&str> = (0..before.len()).map(|i| before.account_id(i)).collect();
-        (0..after.len())
-            .map(|i| after.account_id(i))
-            .filter(|id| !in_before.contains(id))
-            .collect()
-    };
+    let candidates: HashSet<&str> = difference.appeared_ids().collect();
     let mut seen_earlier: HashSet<String> = HashSet::new();
     if !candidates.is_empty() {
         for &d in dates.iter().filter(|d| **d < from_date) {
@@ -235,7 +237,8 @@ pub async fn compare(
             }
         }
     }
-    let difference = diff(&before, &after, &|id| seen_earlier.contains(id));
+    drop(candidates);
+    difference.mark_reappeared(&|id| seen_earlier.contains(id));
     Ok(Comparison {
         slug: slug.to_owned(),
         from: Some((from_date, from_manifest)),

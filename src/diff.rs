@@ -7,10 +7,11 @@
 //! skipped without materialising them. Different fingerprints are confirmed field by field,
 //! so a reported change is always real; equal fingerprints are trusted, and the chance that
 //! a changed account hashes equal is about 2⁻⁶⁴ (the key is random per diff, so no input can
-//! be crafted to collide).
+//! be crafted to collide). The second snapshot is fed in batches ([`DiffBuilder`]), so only
+//! the first is ever held whole.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +98,7 @@ impl Compared {
     }
 }
 
-/// One snapshot as the diff sees it.
+/// One snapshot (or one batch of one) as the diff sees it.
 pub trait Side {
     /// Number of accounts.
     fn len(&self) -> usize;
@@ -109,11 +110,9 @@ pub trait Side {
     fn account_id(&self, i: usize) -> &str;
     /// The `i`-th account's compared fields.
     fn compared(&self, i: usize) -> Compared;
-    /// A hash of the `i`-th account's compared fields made with `hasher`; equal fields must
-    /// give equal hashes. The default materialises the fields.
-    fn fingerprint(&self, i: usize, hasher: &RandomState) -> u64 {
-        hasher.hash_one(self.compared(i))
-    }
+    /// A hash of the `i`-th account's compared fields: equal fields must give equal hashes
+    /// on both sides of one diff (both sides use the same keyed hasher).
+    fn fingerprint(&self, i: usize) -> u64;
 }
 
 impl Side for [(String, Compared)] {
@@ -125,6 +124,11 @@ impl Side for [(String, Compared)] {
     }
     fn compared(&self, i: usize) -> Compared {
         self[i].1.clone()
+    }
+    fn fingerprint(&self, i: usize) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self[i].1.hash(&mut h);
+        h.finish()
     }
 }
 
@@ -242,6 +246,104 @@ impl Difference {
     }
 }
 
+/// Builds a [`Difference`] from a `before` side held in memory and an `after` side fed in
+/// batches, so the second snapshot never has to be held whole.
+pub struct DiffBuilder<'a, A: Side + ?Sized> {
+    before: &'a A,
+    index: HashMap<&'a str, u32>,
+    matched: Vec<bool>,
+    changes: Vec<Change>,
+}
+
+impl<'a, A: Side + ?Sized> DiffBuilder<'a, A> {
+    /// Indexes `before` by account ID.
+    pub fn new(before: &'a A) -> Self {
+        let mut index: HashMap<&str, u32> = HashMap::with_capacity(before.len());
+        for i in 0..before.len() {
+            index.insert(before.account_id(i), i as u32);
+        }
+        DiffBuilder {
+            before,
+            index,
+            matched: vec![false; before.len()],
+            changes: Vec::new(),
+        }
+    }
+
+    /// Compares one batch of the `after` side.
+    pub fn push<B: Side + ?Sized>(&mut self, after: &B) {
+        for j in 0..after.len() {
+            let id = after.account_id(j);
+            match self.index.get(id) {
+                Some(&i) => {
+                    let i = i as usize;
+                    self.matched[i] = true;
+                    if self.before.fingerprint(i) == after.fingerprint(j) {
+                        continue;
+                    }
+                    let (b, a) = (self.before.compared(i), after.compared(j));
+                    let fields = b.changed_fields(&a);
+                    if !fields.is_empty() {
+                        self.changes.push(Change {
+                            account_id: id.to_owned(),
+                            change_type: ChangeType::Changed,
+                            changed_fields: fields,
+                            before: Some(b),
+                            after: Some(a),
+                        });
+                    }
+                }
+                None => self.changes.push(Change {
+                    account_id: id.to_owned(),
+                    change_type: ChangeType::Appeared,
+                    changed_fields: Vec::new(),
+                    before: None,
+                    after: Some(after.compared(j)),
+                }),
+            }
+        }
+    }
+
+    /// Adds the accounts of `before` that never came up as vanished, and sorts. Accounts
+    /// absent from `before` are `appeared` here; see [`Difference::mark_reappeared`].
+    pub fn finish(mut self) -> Difference {
+        for (i, seen) in self.matched.iter().enumerate() {
+            if !seen {
+                self.changes.push(Change {
+                    account_id: self.before.account_id(i).to_owned(),
+                    change_type: ChangeType::Vanished,
+                    changed_fields: Vec::new(),
+                    before: Some(self.before.compared(i)),
+                    after: None,
+                });
+            }
+        }
+        self.changes.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        Difference {
+            changes: self.changes,
+        }
+    }
+}
+
+impl Difference {
+    /// IDs of the `appeared` rows.
+    pub fn appeared_ids(&self) -> impl Iterator<Item = &str> {
+        self.changes
+            .iter()
+            .filter(|c| c.change_type == ChangeType::Appeared)
+            .map(|c| c.account_id.as_str())
+    }
+
+    /// Turns `appeared` into `reappeared` for accounts that an older snapshot had.
+    pub fn mark_reappeared(&mut self, seen_earlier: &dyn Fn(&str) -> bool) {
+        for c in &mut self.changes {
+            if c.change_type == ChangeType::Appeared && seen_earlier(&c.account_id) {
+                c.change_type = ChangeType::Reappeared;
+            }
+        }
+    }
+}
+
 /// Compares `before` with `after`. `seen_earlier(id)` says whether an account absent from
 /// `before` was present in some snapshot older than `before` (it is then `reappeared`).
 pub fn diff<A, B>(before: &A, after: &B, seen_earlier: &dyn Fn(&str) -> bool) -> Difference
@@ -249,63 +351,11 @@ where
     A: Side + ?Sized,
     B: Side + ?Sized,
 {
-    let hasher = RandomState::new();
-    let mut index: HashMap<&str, u32> = HashMap::with_capacity(before.len());
-    for i in 0..before.len() {
-        index.insert(before.account_id(i), i as u32);
-    }
-    let mut matched = vec![false; before.len()];
-    let mut changes = Vec::new();
-    for j in 0..after.len() {
-        let id = after.account_id(j);
-        match index.get(id) {
-            Some(&i) => {
-                let i = i as usize;
-                matched[i] = true;
-                if before.fingerprint(i, &hasher) == after.fingerprint(j, &hasher) {
-                    continue;
-                }
-                let (b, a) = (before.compared(i), after.compared(j));
-                let fields = b.changed_fields(&a);
-                if !fields.is_empty() {
-                    changes.push(Change {
-                        account_id: id.to_owned(),
-                        change_type: ChangeType::Changed,
-                        changed_fields: fields,
-                        before: Some(b),
-                        after: Some(a),
-                    });
-                }
-            }
-            None => {
-                let change_type = if seen_earlier(id) {
-                    ChangeType::Reappeared
-                } else {
-                    ChangeType::Appeared
-                };
-                changes.push(Change {
-                    account_id: id.to_owned(),
-                    change_type,
-                    changed_fields: Vec::new(),
-                    before: None,
-                    after: Some(after.compared(j)),
-                });
-            }
-        }
-    }
-    for (i, seen) in matched.iter().enumerate() {
-        if !seen {
-            changes.push(Change {
-                account_id: before.account_id(i).to_owned(),
-                change_type: ChangeType::Vanished,
-                changed_fields: Vec::new(),
-                before: Some(before.compared(i)),
-                after: None,
-            });
-        }
-    }
-    changes.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    Difference { changes }
+    let mut builder = DiffBuilder::new(before);
+    builder.push(after);
+    let mut difference = builder.finish();
+    difference.mark_reappeared(seen_earlier);
+    difference
 }
 
 /// Feeds one optional string into a fingerprint, with a tag so `None` and `Some("")` differ.

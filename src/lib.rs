@@ -14,6 +14,8 @@
 //! - [`simulator`]: the simulated Admin API used by `demo`, tests and benchmarks.
 //! - [`error`]: error types and exit codes.
 
+#![forbid(unsafe_code)]
+
 pub mod atlassian;
 pub mod changes;
 pub mod cli;

@@ -65,7 +65,7 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
-/// The columns one batch contributes.
+/// The columns one batch contributes, downcast once.
 struct Columns {
     account_id: StringArray,
     status: StringArray,
@@ -77,6 +77,7 @@ struct Columns {
     name: StringArray,
     nickname: StringArray,
     platform_roles: ListArray,
+    role_values: StringArray,
     mfa_enabled: BooleanArray,
     management_source: StringArray,
 }
@@ -95,6 +96,14 @@ const COLUMNS: [&str; 12] = [
     "mfa_enabled",
     "management_source",
 ];
+
+fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+fn opt_bool(a: &BooleanArray, i: usize) -> Option<bool> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
 
 impl Columns {
     fn from_batch(batch: &RecordBatch) -> Result<Columns, String> {
@@ -115,6 +124,15 @@ impl Columns {
                 .cloned()
                 .ok_or_else(|| format!("column {name} is not a boolean column"))
         };
+        let platform_roles = col("platform_roles")?
+            .as_list_opt::<i32>()
+            .cloned()
+            .ok_or("column platform_roles is not a list column")?;
+        let role_values = platform_roles
+            .values()
+            .as_string_opt::<i32>()
+            .cloned()
+            .ok_or("platform_roles does not hold strings")?;
         Ok(Columns {
             account_id: s("account_id")?,
             status: s("status")?,
@@ -125,47 +143,114 @@ impl Columns {
             email: s("email")?,
             name: s("name")?,
             nickname: s("nickname")?,
-            platform_roles: col("platform_roles")?
-                .as_list_opt::<i32>()
-                .cloned()
-                .ok_or("column platform_roles is not a list column")?,
+            platform_roles,
+            role_values,
             mfa_enabled: b("mfa_enabled")?,
             management_source: s("management_source")?,
         })
     }
+
+    /// The row's roles, sorted and de-duplicated, into `out` (reused to avoid allocation).
+    fn roles<'c>(&'c self, r: usize, out: &mut Vec<&'c str>) -> bool {
+        out.clear();
+        if self.platform_roles.is_null(r) {
+            return false;
+        }
+        let offsets = self.platform_roles.value_offsets();
+        for k in offsets[r] as usize..offsets[r + 1] as usize {
+            if !self.role_values.is_null(k) {
+                out.push(self.role_values.value(k));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        true
+    }
+
+    fn compared(&self, r: usize) -> Compared {
+        let s = |a: &StringArray| opt_str(a, r).map(str::to_owned);
+        let mut roles = Vec::new();
+        let has_roles = self.roles(r, &mut roles);
+        Compared {
+            status: s(&self.status),
+            account_status: s(&self.account_status),
+            membership_status: s(&self.membership_status),
+            claim_status: s(&self.claim_status),
+            is_managed: opt_bool(&self.is_managed, r),
+            email: s(&self.email),
+            name: s(&self.name),
+            nickname: s(&self.nickname),
+            platform_roles: has_roles.then(|| roles.into_iter().map(str::to_owned).collect()),
+            mfa_enabled: opt_bool(&self.mfa_enabled, r),
+            management_source: s(&self.management_source),
+        }
+    }
+
+    /// Hashes the compared fields straight from the arrays; only a row with two or more
+    /// roles allocates (to sort them).
+    fn fingerprint(&self, r: usize, hasher: &RandomState) -> u64 {
+        let mut h = hasher.build_hasher();
+        for a in [
+            &self.status,
+            &self.account_status,
+            &self.membership_status,
+            &self.claim_status,
+            &self.email,
+            &self.name,
+            &self.nickname,
+            &self.management_source,
+        ] {
+            hash_opt_str(&mut h, opt_str(a, r));
+        }
+        for a in [&self.is_managed, &self.mfa_enabled] {
+            h.write_u8(match opt_bool(a, r) {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            });
+        }
+        if self.platform_roles.is_null(r) {
+            h.write_u8(0);
+            return h.finish();
+        }
+        h.write_u8(1);
+        let offsets = self.platform_roles.value_offsets();
+        let (start, end) = (offsets[r] as usize, offsets[r + 1] as usize);
+        let single = |k: usize| opt_str(&self.role_values, k);
+        match end - start {
+            0 => h.write_usize(0),
+            1 => match single(start) {
+                Some(role) => {
+                    h.write_usize(1);
+                    hash_opt_str(&mut h, Some(role));
+                }
+                None => h.write_usize(0),
+            },
+            _ => {
+                let mut roles = Vec::new();
+                self.roles(r, &mut roles);
+                h.write_usize(roles.len());
+                for role in roles {
+                    hash_opt_str(&mut h, Some(role));
+                }
+            }
+        }
+        h.finish()
+    }
 }
 
-fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
-    (!a.is_null(i)).then(|| a.value(i))
-}
-
-fn opt_bool(a: &BooleanArray, i: usize) -> Option<bool> {
-    (!a.is_null(i)).then(|| a.value(i))
-}
-
-/// A snapshot's compared columns, as Arrow arrays.
+/// A snapshot's compared columns held in memory, with each row's fingerprint.
 pub struct SnapshotColumns {
     batches: Vec<Columns>,
     /// (batch, row) of each account kept.
     rows: Vec<(u32, u32)>,
+    fingerprints: Vec<u64>,
 }
 
 impl SnapshotColumns {
     fn at(&self, i: usize) -> (&Columns, usize) {
         let (b, r) = self.rows[i];
         (&self.batches[b as usize], r as usize)
-    }
-
-    fn roles(c: &Columns, r: usize) -> Option<Vec<String>> {
-        if c.platform_roles.is_null(r) {
-            return None;
-        }
-        let values = c.platform_roles.value(r);
-        let values = values.as_string::<i32>();
-        let mut roles: Vec<String> = values.iter().flatten().map(str::to_owned).collect();
-        roles.sort();
-        roles.dedup();
-        Some(roles)
     }
 }
 
@@ -181,58 +266,36 @@ impl Side for SnapshotColumns {
 
     fn compared(&self, i: usize) -> Compared {
         let (c, r) = self.at(i);
-        let s = |a: &StringArray| opt_str(a, r).map(str::to_owned);
-        Compared {
-            status: s(&c.status),
-            account_status: s(&c.account_status),
-            membership_status: s(&c.membership_status),
-            claim_status: s(&c.claim_status),
-            is_managed: opt_bool(&c.is_managed, r),
-            email: s(&c.email),
-            name: s(&c.name),
-            nickname: s(&c.nickname),
-            platform_roles: Self::roles(c, r),
-            mfa_enabled: opt_bool(&c.mfa_enabled, r),
-            management_source: s(&c.management_source),
-        }
+        c.compared(r)
     }
 
-    fn fingerprint(&self, i: usize, hasher: &RandomState) -> u64 {
-        let (c, r) = self.at(i);
-        let mut h = hasher.build_hasher();
-        for a in [
-            &c.status,
-            &c.account_status,
-            &c.membership_status,
-            &c.claim_status,
-            &c.email,
-            &c.name,
-            &c.nickname,
-            &c.management_source,
-        ] {
-            hash_opt_str(&mut h, opt_str(a, r));
-        }
-        for a in [&c.is_managed, &c.mfa_enabled] {
-            h.write_u8(match opt_bool(a, r) {
-                None => 0,
-                Some(false) => 1,
-                Some(true) => 2,
-            });
-        }
-        if c.platform_roles.is_null(r) {
-            h.write_u8(0);
-        } else {
-            let values = c.platform_roles.value(r);
-            let mut roles: Vec<&str> = values.as_string::<i32>().iter().flatten().collect();
-            roles.sort_unstable();
-            roles.dedup();
-            h.write_u8(1);
-            h.write_usize(roles.len());
-            for role in roles {
-                hash_opt_str(&mut h, Some(role));
-            }
-        }
-        h.finish()
+    fn fingerprint(&self, i: usize) -> u64 {
+        self.fingerprints[i]
+    }
+}
+
+/// One batch of a snapshot being streamed.
+pub struct BatchSide<'h> {
+    columns: Columns,
+    rows: Vec<u32>,
+    hasher: &'h RandomState,
+}
+
+impl Side for BatchSide<'_> {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn account_id(&self, i: usize) -> &str {
+        self.columns.account_id.value(self.rows[i] as usize)
+    }
+
+    fn compared(&self, i: usize) -> Compared {
+        self.columns.compared(self.rows[i] as usize)
+    }
+
+    fn fingerprint(&self, i: usize) -> u64 {
+        self.columns.fingerprint(self.rows[i] as usize, self.hasher)
     }
 }
 
@@ -281,26 +344,51 @@ async fn open_stream(
         .map_err(|e| err(e.to_string()))
 }
 
-/// Reads the compared columns of a data file of `size` bytes. With `managed_only`, only
-/// accounts whose `claim_status` is `managed` are kept.
+/// Reads the compared columns of a data file of `size` bytes into memory, fingerprinting
+/// each row with `hasher`. With `managed_only`, only accounts whose `claim_status` is
+/// `managed` are kept.
 pub async fn read_compared(
     storage: &Storage,
     relative: &str,
     size: u64,
     managed_only: bool,
+    hasher: &RandomState,
 ) -> Result<SnapshotColumns, ReadError> {
+    let mut out = SnapshotColumns {
+        batches: Vec::new(),
+        rows: Vec::new(),
+        fingerprints: Vec::new(),
+    };
+    for_each_batch(storage, relative, size, managed_only, hasher, |batch| {
+        let b = out.batches.len() as u32;
+        for &r in &batch.rows {
+            out.rows.push((b, r));
+            out.fingerprints
+                .push(batch.columns.fingerprint(r as usize, hasher));
+        }
+        out.batches.push(batch.columns);
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Streams the compared columns of a data file of `size` bytes, one batch at a time.
+pub async fn for_each_batch<'h>(
+    storage: &Storage,
+    relative: &str,
+    size: u64,
+    managed_only: bool,
+    hasher: &'h RandomState,
+    mut each: impl FnMut(BatchSide<'h>),
+) -> Result<(), ReadError> {
     let err = |reason: String| ReadError {
         path: format!("{}/{relative}", storage.url.trim_end_matches('/')),
         reason,
     };
     let mut stream = open_stream(storage, relative, size, &COLUMNS).await?;
-    let mut out = SnapshotColumns {
-        batches: Vec::new(),
-        rows: Vec::new(),
-    };
     while let Some(batch) = stream.try_next().await.map_err(|e| err(e.to_string()))? {
         let columns = Columns::from_batch(&batch).map_err(err)?;
-        let b = out.batches.len() as u32;
+        let mut rows = Vec::with_capacity(batch.num_rows());
         for r in 0..batch.num_rows() {
             if columns.account_id.is_null(r) {
                 return Err(err("a row has no account_id".into()));
@@ -308,11 +396,15 @@ pub async fn read_compared(
             if managed_only && opt_str(&columns.claim_status, r) != Some("managed") {
                 continue;
             }
-            out.rows.push((b, r as u32));
+            rows.push(r as u32);
         }
-        out.batches.push(columns);
+        each(BatchSide {
+            columns,
+            rows,
+            hasher,
+        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Calls `each` with every `account_id` of a data file of `size` bytes.

@@ -27,6 +27,7 @@ use crate::secret::ApiToken;
 use crate::simulator::{self, PopulationOptions, SimConfig, Simulator};
 use crate::snapshot::{SnapshotKey, catalog};
 use crate::store::{Storage, StorageUrl};
+use crate::{schedule, status};
 
 /// Nightly identity snapshots of Atlassian organizations, as Parquet on object storage.
 #[derive(Debug, Parser)]
@@ -78,6 +79,12 @@ pub enum Command {
         /// Seed of the simulated population.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Run every connection on its cron schedule until SIGTERM or SIGINT.
+    Schedule {
+        /// Print the next five run times per connection and exit.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List the published snapshots, one line each.
     Snapshots {
@@ -209,18 +216,29 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
                 .map_or(Selection::All, Selection::Named);
             let config = config::load(&config_path, &Env::from_process(), selection)?;
             let storage = Storage::open(&config.storage)?;
-            let reports = job::run_all(
-                &config,
-                &storage,
-                &RunOptions {
-                    snapshot_date,
-                    accept_drop,
-                },
-            )
-            .await;
-            Ok(print_reports(&reports))
+            let options = RunOptions {
+                snapshot_date,
+                accept_drop,
+                ..RunOptions::default()
+            };
+            let reports = job::run_all(&config, &storage, &options).await;
+            let code = print_reports(&reports);
+            record_status(&config, &reports).await;
+            Ok(code)
         }
         Command::Demo { out, users, seed } => demo(out, users, seed).await,
+        Command::Schedule { dry_run } => {
+            let config = config::load(
+                &config_path,
+                &Env::from_process(),
+                if dry_run {
+                    Selection::NoTokens
+                } else {
+                    Selection::All
+                },
+            )?;
+            schedule(config_path, config, dry_run).await
+        }
         Command::Snapshots { connection } => {
             let config = config::load(&config_path, &Env::from_process(), Selection::NoTokens)?;
             let storage = Storage::open(&config.storage)?;
@@ -465,6 +483,182 @@ fn print_diff(connection: &str, c: &Comparison, format: DiffFormat) {
     }
 }
 
+/// Records the reports in the status file, if one is configured. A failure to write it is
+/// logged, not fatal: the snapshots are what matter.
+async fn record_status(config: &Config, reports: &[ConnectionReport]) {
+    let Some(path) = &config.status_file else {
+        return;
+    };
+    let entries: Vec<(String, &ConnectionReport)> = reports
+        .iter()
+        .map(|r| {
+            (
+                config
+                    .connections
+                    .iter()
+                    .find(|c| c.name == r.name)
+                    .map_or_else(|| config::slugify(&r.name), |c| c.slug.clone()),
+                r,
+            )
+        })
+        .collect();
+    if let Err(e) = status::record(path, &entries).await {
+        tracing::error!(path = %path.display(), error = %e, "Could not write the status file.");
+    }
+}
+
+/// The daemon's runner: each run re-reads the config (so rotated tokens are picked up
+/// without a restart), scans one connection, prints its summary and records its status.
+struct ConfigRunner {
+    config_path: PathBuf,
+    names: Vec<String>,
+}
+
+impl schedule::Runner for ConfigRunner {
+    fn run(&self, index: usize, cancel: schedule::Cancel) -> schedule::RunFuture {
+        let path = self.config_path.clone();
+        let name = self.names[index].clone();
+        Box::pin(async move {
+            let config = match config::load(&path, &Env::from_process(), Selection::Named(&name)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(connection = %name, error = %e, "The config no longer loads; this run is skipped.");
+                    return crate::error::EXIT_CONFIG;
+                }
+            };
+            let storage = match Storage::open(&config.storage) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(connection = %name, error = %e, "The storage cannot be opened; this run is skipped.");
+                    return crate::error::EXIT_STORAGE;
+                }
+            };
+            let Some(conn) = config.connections.iter().find(|c| c.name == name) else {
+                tracing::error!(connection = %name, "The connection is no longer in the config; this run is skipped.");
+                return crate::error::EXIT_CONFIG;
+            };
+            let options = RunOptions {
+                cancel,
+                ..RunOptions::default()
+            };
+            let outcome = job::run_connection(&config, &storage, conn, &options).await;
+            if let Err(e) = &outcome {
+                tracing::error!(connection = %name, exit_code = e.exit_code(), error = %e, "Scheduled run failed; nothing published.");
+            }
+            let report = ConnectionReport {
+                name: name.clone(),
+                outcome,
+            };
+            let code = print_reports(std::slice::from_ref(&report));
+            record_status(&config, std::slice::from_ref(&report)).await;
+            code
+        })
+    }
+}
+
+async fn schedule(config_path: PathBuf, config: Config, dry_run: bool) -> Result<u8, Error> {
+    let mut jobs = Vec::new();
+    let mut missing = Vec::new();
+    for c in &config.connections {
+        match c.cron.clone().or_else(|| config.schedule.cron.clone()) {
+            Some(schedule) => jobs.push(schedule::Job {
+                name: c.name.clone(),
+                schedule,
+            }),
+            None => missing.push(format!("connections[{}].cron", c.index)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Usage(format!(
+            "no schedule for {}: set [schedule] cron = \"0 2 * * *\" (or cron on each connection)",
+            missing.join(", ")
+        )));
+    }
+    if dry_run {
+        let now = chrono::Utc::now();
+        for job in &jobs {
+            println!(
+                "{} ({} in {}):",
+                job.name,
+                job.schedule.expression(),
+                job.schedule.timezone()
+            );
+            for t in job.schedule.upcoming(now, 5) {
+                println!(
+                    "  {}  ({})",
+                    t.with_timezone(&job.schedule.timezone())
+                        .format("%Y-%m-%d %H:%M:%S %Z"),
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+        }
+        return Ok(EXIT_OK);
+    }
+    let runner = ConfigRunner {
+        config_path,
+        names: jobs.iter().map(|j| j.name.clone()).collect(),
+    };
+    let daemon = schedule::Daemon {
+        jobs,
+        runner: std::sync::Arc::new(runner),
+        clock: std::sync::Arc::new(schedule::SystemClock),
+        run_on_start: config.schedule.run_on_start,
+        shutdown_grace: config.schedule.shutdown_grace,
+    };
+    let mut signals =
+        Signals::new().map_err(|e| Error::Internal(format!("cannot listen for signals: {e}")))?;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::info!("Signal received: stopping (send it again to stop at once).");
+        let _ = first_tx.send(());
+        signals.next().await;
+        tracing::warn!("Second signal: abandoning runs in progress now.");
+        let _ = second_tx.send(());
+    });
+    let report = daemon
+        .run(
+            async {
+                let _ = first_rx.await;
+            },
+            async {
+                let _ = second_rx.await;
+            },
+        )
+        .await;
+    tracing::info!(
+        runs = report.runs_started.iter().sum::<u64>(),
+        skipped = report.ticks_skipped.iter().sum::<u64>(),
+        abandoned = report.cancelled,
+        "Stopped."
+    );
+    Ok(EXIT_OK)
+}
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 async fn test_connections(config: &Config) -> u8 {
     let mut worst = EXIT_OK;
     match Storage::open(&config.storage) {
@@ -680,8 +874,11 @@ async fn demo(out: PathBuf, users: usize, seed: u64) -> Result<u8, Error> {
             allow_insecure_http: true,
             users_endpoint: UsersEndpoint::List,
             max_drop_percent: 100,
+            cron: None,
             index: 0,
         }],
+        schedule: Default::default(),
+        status_file: None,
     };
     let storage = Storage::open(&config.storage)?;
     let reports = job::run_all(&config, &storage, &RunOptions::default()).await;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use config::{Value, ValueKind};
 use url::Url;
 
+use crate::schedule::CronSchedule;
 use crate::secret::ApiToken;
 use crate::store::StorageUrl;
 
@@ -37,6 +38,34 @@ pub struct Config {
     pub max_concurrent_connections: usize,
     /// The Atlassian organizations to scan, in file order.
     pub connections: Vec<ConnectionConfig>,
+    /// `[schedule]`: when `idsnap schedule` runs each connection.
+    pub schedule: ScheduleConfig,
+    /// Where to keep the status file, if anywhere.
+    pub status_file: Option<PathBuf>,
+}
+
+/// `[schedule]`: the daemon's timing.
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    /// The default schedule of every connection (a connection's own `cron` overrides it).
+    pub cron: Option<CronSchedule>,
+    /// IANA zone the expressions are read in.
+    pub timezone: String,
+    /// Run every connection once at start.
+    pub run_on_start: bool,
+    /// How long a run in progress may take to finish after SIGTERM or SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            cron: None,
+            timezone: "UTC".into(),
+            run_on_start: false,
+            shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+        }
+    }
 }
 
 impl StorageConfig {
@@ -94,6 +123,7 @@ const DEFAULT_MAX_RETRY_WAIT_SECS: u64 = 120;
 const DEFAULT_RETRY_BUDGET_SECS: u64 = 900;
 const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u64 = 4;
 const DEFAULT_MAX_DROP_PERCENT: u64 = 50;
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 60;
 const DEFAULT_STORAGE_MAX_RETRIES: u64 = 10;
 const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 180;
 
@@ -163,6 +193,8 @@ pub struct ConnectionConfig {
     /// Largest drop, in percent of the previous snapshot's users, published without
     /// `--accept-drop`.
     pub max_drop_percent: u8,
+    /// This connection's own schedule, overriding `[schedule] cron`.
+    pub cron: Option<CronSchedule>,
     /// Position in the file, for key paths in later messages.
     pub index: usize,
 }
@@ -539,6 +571,12 @@ fn validate(
         None => HttpConfig::default(),
     };
 
+    let schedule = match top.table("schedule", p) {
+        Some(t) => validate_schedule(t, p),
+        None => ScheduleConfig::default(),
+    };
+    let status_file = top.string("status_file", p).map(|f| base_dir.join(f));
+
     let max_concurrent_connections = top.integer(
         "max_concurrent_connections",
         DEFAULT_MAX_CONCURRENT_CONNECTIONS,
@@ -576,7 +614,9 @@ fn validate(
                         if let Some(name) = name {
                             names.push((i, name));
                         }
-                        if let Some(c) = validate_connection(i, t, env, wanted, base_dir, p) {
+                        if let Some(c) =
+                            validate_connection(i, t, env, wanted, &schedule.timezone, base_dir, p)
+                        {
                             connections.push(c);
                         }
                     }
@@ -609,6 +649,8 @@ fn validate(
         http,
         max_concurrent_connections,
         connections,
+        schedule,
+        status_file,
     })
 }
 
@@ -659,6 +701,41 @@ fn validate_storage(t: &config::Map<String, Value>, p: &mut Problems) -> Option<
     })
 }
 
+fn validate_schedule(t: &config::Map<String, Value>, p: &mut Problems) -> ScheduleConfig {
+    let mut table = Table::new("schedule", t);
+    let timezone = table.string("timezone", p).unwrap_or_else(|| "UTC".into());
+    let zone_ok = timezone.parse::<chrono_tz::Tz>().is_ok();
+    if !zone_ok {
+        p.push("schedule.timezone", format!("unknown time zone {timezone:?}: use an IANA name such as \"UTC\" or \"Europe/Berlin\""));
+    }
+    let cron = table.string("cron", p).and_then(|expr| {
+        if !zone_ok {
+            return None;
+        }
+        match CronSchedule::parse(&expr, &timezone) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                p.push("schedule.cron", e);
+                None
+            }
+        }
+    });
+    let run_on_start = table.bool("run_on_start", false, p);
+    let shutdown_grace = Duration::from_secs(table.integer(
+        "shutdown_grace_secs",
+        DEFAULT_SHUTDOWN_GRACE_SECS,
+        0..=3600,
+        p,
+    ));
+    table.finish(p);
+    ScheduleConfig {
+        cron,
+        timezone: if zone_ok { timezone } else { "UTC".into() },
+        run_on_start,
+        shutdown_grace,
+    }
+}
+
 fn validate_http(t: &config::Map<String, Value>, p: &mut Problems) -> HttpConfig {
     let mut table = Table::new("http", t);
     let secs = Duration::from_secs;
@@ -692,6 +769,7 @@ fn validate_connection(
     t: &config::Map<String, Value>,
     env: &Env,
     wanted: bool,
+    timezone: &str,
     base_dir: &Path,
     p: &mut Problems,
 ) -> Option<ConnectionConfig> {
@@ -776,6 +854,16 @@ fn validate_connection(
     let allow_insecure_http = table.bool("allow_insecure_http", false, p);
     let max_drop_percent =
         table.integer("max_drop_percent", DEFAULT_MAX_DROP_PERCENT, 0..=100, p) as u8;
+    let cron =
+        table
+            .string("cron", p)
+            .and_then(|expr| match CronSchedule::parse(&expr, timezone) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    p.push(key("cron"), e);
+                    None
+                }
+            });
 
     let api_base_url = match table.string("api_base_url", p) {
         None => Url::parse(DEFAULT_API_BASE_URL).ok(),
@@ -813,6 +901,7 @@ fn validate_connection(
         allow_insecure_http,
         users_endpoint: users_endpoint?,
         max_drop_percent,
+        cron,
         index,
     })
 }
@@ -1033,6 +1122,34 @@ mod tests {
             "https://proxy.example/atl"
         );
         assert!(parse_base_url("https://x.example/?a=1", false).is_err());
+    }
+
+    #[test]
+    fn schedule_table_and_connection_cron() {
+        let text = format!(
+            "{MINIMAL}\ncron = \"*/5 * * * *\"\n[schedule]\ncron = \"0 2 * * *\"\ntimezone = \"Europe/Berlin\"\nrun_on_start = true\n"
+        );
+        let c = load_str(&text, &[("TOKEN", "t")]).unwrap();
+        assert_eq!(c.schedule.timezone, "Europe/Berlin");
+        assert!(c.schedule.run_on_start);
+        assert_eq!(c.schedule.cron.as_ref().unwrap().expression(), "0 2 * * *");
+        assert_eq!(
+            c.connections[0].cron.as_ref().unwrap().expression(),
+            "*/5 * * * *"
+        );
+        let bad = format!(
+            "{MINIMAL}\ncron = \"every night\"\n[schedule]\ntimezone = \"Moon/Base\"\nshutdown_grace_secs = -1\n"
+        );
+        let err = load_str(&bad, &[("TOKEN", "t")]).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "connections[0].cron",
+                "schedule.shutdown_grace_secs",
+                "schedule.timezone"
+            ]
+        );
     }
 
     #[test]

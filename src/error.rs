@@ -60,6 +60,12 @@ pub enum RunError {
         /// Why, with the numbers.
         reason: String,
     },
+    /// The run was abandoned at shutdown before it could publish.
+    #[error("connection {connection:?}: abandoned at shutdown; nothing published")]
+    Cancelled {
+        /// Connection name.
+        connection: String,
+    },
     /// A bug or an impossible state.
     #[error("connection {connection:?}: internal error: {reason}")]
     Internal {
@@ -79,7 +85,7 @@ impl RunError {
             RunError::Api(_) => EXIT_API,
             RunError::Storage(_) => EXIT_STORAGE,
             RunError::Incomplete { .. } | RunError::Guard { .. } => EXIT_GUARD,
-            RunError::Internal { .. } => EXIT_INTERNAL,
+            RunError::Internal { .. } | RunError::Cancelled { .. } => EXIT_INTERNAL,
         }
     }
 

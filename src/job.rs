@@ -22,6 +22,7 @@ use crate::atlassian::model::{ClaimTag, Cursor, UserRecord};
 use crate::changes::{self, FeedOutcome};
 use crate::config::{Config, ConnectionConfig};
 use crate::error::RunError;
+use crate::schedule::Cancel;
 use crate::snapshot::manifest::{Counts, DataFileFacts, HttpEffort, Manifest};
 use crate::snapshot::schema::{SCHEMA_VERSION, UsersBatchBuilder, users_schema};
 use crate::snapshot::writer::{ParquetUpload, writer_properties};
@@ -40,6 +41,9 @@ pub struct RunOptions {
     pub snapshot_date: Option<NaiveDate>,
     /// Publish even if the population guard would refuse.
     pub accept_drop: bool,
+    /// Fires when the run must give up (the daemon's shutdown grace is over); the upload is
+    /// then aborted and nothing is published.
+    pub cancel: Cancel,
 }
 
 /// What one connection's successful run produced.
@@ -163,7 +167,16 @@ pub async fn run_connection(
     // beginning, on a fresh upload; a second one fails the run.
     let mut restarted = false;
     let (upload, stats) = loop {
-        match scan_once(storage, conn, &client, &filter, &key).await {
+        match scan_once(
+            storage,
+            conn,
+            &client,
+            &filter,
+            &key,
+            options.cancel.clone(),
+        )
+        .await
+        {
             Ok(done) => break done,
             Err(RunError::Api(e @ ApiError::BadCursor { .. })) if !restarted => {
                 tracing::warn!(error = %e, "The API rejected a page cursor; restarting the walk from the first page.");
@@ -212,6 +225,12 @@ pub async fn run_connection(
         return Err(e);
     }
 
+    if options.cancel.is_cancelled() {
+        upload.abort().await;
+        return Err(RunError::Cancelled {
+            connection: conn.name.clone(),
+        });
+    }
     let data = upload
         .finish(manifest.key_values())
         .await
@@ -262,6 +281,7 @@ async fn scan_once(
     client: &AdminClient,
     filter: &UsersFilter,
     key: &SnapshotKey,
+    mut cancel: Cancel,
 ) -> Result<(ParquetUpload, WalkStats), RunError> {
     let write_err = |e| RunError::from_write(&conn.name, e);
     let mut upload = ParquetUpload::create(
@@ -281,7 +301,16 @@ async fn scan_once(
 
     let mut builder = UsersBatchBuilder::new(&conn.org_id);
     let mut write_result = Ok(());
-    while let Some(page) = rx.recv().await {
+    loop {
+        let page = tokio::select! {
+            page = rx.recv() => page,
+            _ = cancel.cancelled() => {
+                walker.abort();
+                upload.abort().await;
+                return Err(RunError::Cancelled { connection: conn.name.clone() });
+            }
+        };
+        let Some(page) = page else { break };
         for (user, tag) in &page.users {
             builder.append(user, *tag, page.received_at);
         }

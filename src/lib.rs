@@ -11,6 +11,8 @@
 //! - [`diff`]: the pure comparison of two snapshots.
 //! - [`changes`]: the change feed written after each run, and on-demand comparisons.
 //! - [`store`]: `storage.url` to an object store.
+//! - [`schedule`]: the cron-driven daemon (`idsnap schedule`).
+//! - [`status`]: the status file for monitors.
 //! - [`simulator`]: the simulated Admin API used by `demo`, tests and benchmarks.
 //! - [`error`]: error types and exit codes.
 
@@ -23,9 +25,11 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod job;
+pub mod schedule;
 pub mod secret;
 pub mod simulator;
 pub mod snapshot;
+pub mod status;
 pub mod store;
 
 pub use error::{Error, Result, RunError};

@@ -8,6 +8,7 @@
 
 mod changes;
 mod cli;
+mod daemon;
 mod resilience;
 mod s3;
 mod scan;

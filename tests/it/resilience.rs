@@ -25,6 +25,7 @@ async fn run_cfg(
         &RunOptions {
             snapshot_date: Some(date(day)),
             accept_drop: false,
+            ..RunOptions::default()
         },
     )
     .await;

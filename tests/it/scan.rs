@@ -29,6 +29,7 @@ pub async fn run_with(
         &RunOptions {
             snapshot_date: Some(date(day)),
             accept_drop,
+            ..RunOptions::default()
         },
     )
     .await

@@ -874,6 +874,7 @@ async fn demo(out: PathBuf, users: usize, seed: u64) -> Result<u8, Error> {
             allow_insecure_http: true,
             users_endpoint: UsersEndpoint::List,
             max_drop_percent: 100,
+            partitioned_walk: false,
             cron: None,
             index: 0,
         }],

@@ -193,6 +193,8 @@ pub struct ConnectionConfig {
     /// Largest drop, in percent of the previous snapshot's users, published without
     /// `--accept-drop`.
     pub max_drop_percent: u8,
+    /// Split the walk into concurrent filtered walks (by claim status and status).
+    pub partitioned_walk: bool,
     /// This connection's own schedule, overriding `[schedule] cron`.
     pub cron: Option<CronSchedule>,
     /// Position in the file, for key paths in later messages.
@@ -852,6 +854,7 @@ fn validate_connection(
     let scan_unmanaged_users = table.bool("scan_unmanaged_users", false, p);
     let member_source_of_truth = table.bool("member_source_of_truth", false, p);
     let allow_insecure_http = table.bool("allow_insecure_http", false, p);
+    let partitioned_walk = table.bool("partitioned_walk", false, p);
     let max_drop_percent =
         table.integer("max_drop_percent", DEFAULT_MAX_DROP_PERCENT, 0..=100, p) as u8;
     let cron =
@@ -901,6 +904,7 @@ fn validate_connection(
         allow_insecure_http,
         users_endpoint: users_endpoint?,
         max_drop_percent,
+        partitioned_walk,
         cron,
         index,
     })

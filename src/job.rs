@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -31,8 +32,18 @@ use crate::store::Storage;
 
 /// Rows gathered before a batch is handed to the Parquet encoder.
 const BATCH_ROWS: usize = 8192;
-/// Decoded pages in flight between walker and writer.
-const CHANNEL_PAGES: usize = 4;
+/// Decoded pages in flight between the walks and the writer.
+const CHANNEL_PAGES: usize = 8;
+/// Most walks of one connection at the same time (partitioned walks).
+pub const MAX_CONCURRENT_WALKS: usize = 4;
+/// The documented `status` values, the partitions of a partitioned walk.
+const KNOWN_STATUSES: [&str; 5] = [
+    "active",
+    "suspended",
+    "not_invited",
+    "deactivated",
+    "for_deletion",
+];
 
 /// Options of one `run` (or `demo`) invocation.
 #[derive(Debug, Clone, Default)]
@@ -165,18 +176,10 @@ pub async fn run_connection(
 
     // A 400 on a cursor (expired, or the API lost it) restarts the walk once from the
     // beginning, on a fresh upload; a second one fails the run.
+    let walks = plan_walks(&client, conn, &filter).await;
     let mut restarted = false;
     let (upload, stats) = loop {
-        match scan_once(
-            storage,
-            conn,
-            &client,
-            &filter,
-            &key,
-            options.cancel.clone(),
-        )
-        .await
-        {
+        match scan_once(storage, conn, &client, &walks, &key, options.cancel.clone()).await {
             Ok(done) => break done,
             Err(RunError::Api(e @ ApiError::BadCursor { .. })) if !restarted => {
                 tracing::warn!(error = %e, "The API rejected a page cursor; restarting the walk from the first page.");
@@ -273,13 +276,14 @@ pub async fn run_connection(
     })
 }
 
-/// Walks every page into a new upload. On success the upload holds every row but is not
-/// completed yet; on failure it has been aborted.
+/// Walks every page of every filter (one walk each, at most [`MAX_CONCURRENT_WALKS`] at a
+/// time) into a new upload. On success the upload holds every row but is not completed yet;
+/// on failure it has been aborted.
 async fn scan_once(
     storage: &Storage,
     conn: &ConnectionConfig,
     client: &AdminClient,
-    filter: &UsersFilter,
+    filters: &[UsersFilter],
     key: &SnapshotKey,
     mut cancel: Cancel,
 ) -> Result<(ParquetUpload, WalkStats), RunError> {
@@ -292,64 +296,145 @@ async fn scan_once(
     )
     .map_err(write_err)?;
     let (tx, mut rx) = mpsc::channel::<Page>(CHANNEL_PAGES);
-    let walker = tokio::spawn(walk(
-        client.clone(),
-        filter.clone(),
-        conn.scan_unmanaged_users,
-        tx,
-    ));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_WALKS));
+    let mut walkers = tokio::task::JoinSet::new();
+    for filter in filters {
+        let (client, filter, tally, tx, permits) = (
+            client.clone(),
+            filter.clone(),
+            Arc::clone(&tally),
+            tx.clone(),
+            Arc::clone(&permits),
+        );
+        let keep_unmanaged = conn.scan_unmanaged_users;
+        walkers.spawn(async move {
+            // The semaphore is never closed, so acquiring only waits.
+            let _permit = permits.acquire_owned().await;
+            walk(client, filter, keep_unmanaged, tally, tx).await
+        });
+    }
+    drop(tx);
 
     let mut builder = UsersBatchBuilder::new(&conn.org_id);
-    let mut write_result = Ok(());
-    loop {
-        let page = tokio::select! {
-            page = rx.recv() => page,
-            _ = cancel.cancelled() => {
-                walker.abort();
-                upload.abort().await;
-                return Err(RunError::Cancelled { connection: conn.name.clone() });
+    let mut pages = 0u64;
+    let failure: Option<RunError> = loop {
+        tokio::select! {
+            page = rx.recv() => {
+                let Some(page) = page else { break None };
+                for (user, tag) in &page.users {
+                    builder.append(user, *tag, page.received_at);
+                }
+                if builder.len() >= BATCH_ROWS {
+                    if let Err(e) = upload.write(&builder.finish()).await {
+                        break Some(write_err(e));
+                    }
+                }
             }
-        };
-        let Some(page) = page else { break };
-        for (user, tag) in &page.users {
-            builder.append(user, *tag, page.received_at);
-        }
-        if builder.len() >= BATCH_ROWS {
-            write_result = upload.write(&builder.finish()).await;
-            if write_result.is_err() {
-                break;
-            }
-        }
-    }
-    drop(rx);
-    if let Err(e) = write_result {
-        // The walker may be waiting out a retry; it has nothing left to deliver to.
-        walker.abort();
-        upload.abort().await;
-        return Err(write_err(e));
-    }
-    let mut stats = match walker.await {
-        Ok(Ok(stats)) => stats,
-        Ok(Err(e)) => {
-            upload.abort().await;
-            return Err(e);
-        }
-        Err(e) => {
-            upload.abort().await;
-            return Err(RunError::Internal {
-                connection: conn.name.clone(),
-                reason: format!("the page walker stopped: {e}"),
-            });
+            Some(done) = walkers.join_next() => match done {
+                Ok(Ok(n)) => pages += n,
+                Ok(Err(e)) => break Some(e),
+                Err(e) => break Some(RunError::Internal { connection: conn.name.clone(), reason: format!("a page walker stopped: {e}") }),
+            },
+            _ = cancel.cancelled() => break Some(RunError::Cancelled { connection: conn.name.clone() }),
         }
     };
-    if !builder.is_empty()
-        && let Err(e) = upload.write(&builder.finish()).await
-    {
+    if let Some(e) = failure {
+        // The other walks may be waiting out a retry; they have nothing left to deliver to.
+        walkers.abort_all();
         upload.abort().await;
-        return Err(write_err(e));
+        return Err(e);
     }
-    stats.counts.unparsed_timestamps = builder.bad_timestamps;
-    Ok((upload, stats))
+    // Every sender is gone, so every walk has ended; collect the ones not yet joined.
+    while let Some(done) = walkers.join_next().await {
+        match done {
+            Ok(Ok(n)) => pages += n,
+            Ok(Err(e)) => {
+                upload.abort().await;
+                return Err(e);
+            }
+            Err(e) => {
+                upload.abort().await;
+                return Err(RunError::Internal {
+                    connection: conn.name.clone(),
+                    reason: format!("a page walker stopped: {e}"),
+                });
+            }
+        }
+    }
+    if !builder.is_empty() {
+        if let Err(e) = upload.write(&builder.finish()).await {
+            upload.abort().await;
+            return Err(write_err(e));
+        }
+    }
+    let mut counts = std::mem::take(&mut lock(&tally).counts);
+    counts.unparsed_timestamps = builder.bad_timestamps;
+    Ok((upload, WalkStats { counts, pages }))
+}
+
+/// Decides how to walk a connection: one walk with the base filter, or, with
+/// `partitioned_walk`, disjoint walks by `claimStatus` and `status` whose counts the count
+/// endpoint confirms add up to the whole. If they do not (an undocumented status value,
+/// accounts without `claimStatus`, counts drifting), it falls back to one walk and says so.
+async fn plan_walks(
+    client: &AdminClient,
+    conn: &ConnectionConfig,
+    base: &UsersFilter,
+) -> Vec<UsersFilter> {
+    if !conn.partitioned_walk {
+        return vec![base.clone()];
+    }
+    let claims: &[&'static str] = if conn.scan_unmanaged_users {
+        &["managed", "unmanaged"]
+    } else {
+        &["managed"]
+    };
+    let parts: Vec<UsersFilter> = claims
+        .iter()
+        .flat_map(|claim| {
+            KNOWN_STATUSES.iter().map(move |status| UsersFilter {
+                claim_status: Some(claim),
+                status: Some((*status).to_owned()),
+            })
+        })
+        .collect();
+    let total = client.users_count(base);
+    let counts = futures::future::join_all(parts.iter().map(|f| client.users_count(f)));
+    let (total, counts) = tokio::join!(total, counts);
+    let counts: Result<Vec<u64>, _> = counts.into_iter().collect();
+    match (total, counts) {
+        (Ok(total), Ok(counts)) if counts.iter().sum::<u64>() == total => {
+            let walks: Vec<UsersFilter> = parts
+                .into_iter()
+                .zip(&counts)
+                .filter(|(_, n)| **n > 0)
+                .map(|(f, _)| f)
+                .collect();
+            tracing::info!(
+                walks = walks.len(),
+                users = total,
+                "Partitioned walk: the partitions' counts add up."
+            );
+            if walks.is_empty() {
+                vec![base.clone()]
+            } else {
+                walks
+            }
+        }
+        (Ok(total), Ok(counts)) => {
+            tracing::warn!(
+                total,
+                partitions = counts.iter().sum::<u64>(),
+                "The partitions' counts do not add up to the total (an unknown status value, or users changing); walking once instead."
+            );
+            vec![base.clone()]
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "The count endpoint did not answer; walking once instead of partitioning.");
+            vec![base.clone()]
+        }
+    }
 }
 
 /// Refuses to publish a scan far smaller than the latest earlier snapshot of the same
@@ -400,57 +485,72 @@ struct WalkStats {
     pages: u64,
 }
 
-/// Walks every page of one filter, de-duplicating by `accountId` and dropping non-managed
-/// records when only managed ones were asked for.
+/// What every walk of one scan shares: the accounts seen and the tallies.
+#[derive(Default)]
+struct Tally {
+    seen: AccountSet,
+    counts: Counts,
+}
+
+/// Locks the tally; it holds plain counters, so a panicked holder leaves nothing to repair.
+fn lock(m: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Walks every page of one filter, de-duplicating by `accountId` across all walks of the
+/// scan and dropping non-managed records when only managed ones were asked for. Returns the
+/// pages fetched.
 async fn walk(
     client: AdminClient,
     filter: UsersFilter,
     keep_unmanaged: bool,
+    tally: Arc<Mutex<Tally>>,
     tx: mpsc::Sender<Page>,
-) -> Result<WalkStats, RunError> {
+) -> Result<u64, RunError> {
     let connection = client.connection().to_owned();
     let incomplete = |reason: String| RunError::Incomplete {
         connection: connection.clone(),
         reason,
     };
-    let mut stats = WalkStats::default();
-    let mut seen = AccountSet::default();
+    let mut pages = 0u64;
     let mut cursors: HashSet<Cursor> = HashSet::new();
     let mut cursor: Option<Cursor> = None;
     loop {
         let page = client.users_page(&filter, cursor.as_ref()).await?;
         let received_at = Utc::now();
-        stats.pages += 1;
+        pages += 1;
         let mut users = Vec::with_capacity(page.users.len());
-        for user in page.users {
-            if !seen.insert(&user.account_id) {
-                stats.counts.duplicates += 1;
-                continue;
+        {
+            let mut t = lock(&tally);
+            for user in page.users {
+                if !t.seen.insert(&user.account_id) {
+                    t.counts.duplicates += 1;
+                    continue;
+                }
+                let tag = ClaimTag::from_claim_status(user.claim_status.as_deref());
+                if !keep_unmanaged && tag != ClaimTag::Managed {
+                    t.counts.dropped_not_managed += 1;
+                    continue;
+                }
+                match tag {
+                    ClaimTag::Managed => t.counts.managed += 1,
+                    ClaimTag::Unmanaged => t.counts.unmanaged += 1,
+                    ClaimTag::Unknown => t.counts.unknown += 1,
+                }
+                t.counts.users += 1;
+                users.push((user, tag));
             }
-            let tag = ClaimTag::from_claim_status(user.claim_status.as_deref());
-            if !keep_unmanaged && tag != ClaimTag::Managed {
-                stats.counts.dropped_not_managed += 1;
-                continue;
-            }
-            match tag {
-                ClaimTag::Managed => stats.counts.managed += 1,
-                ClaimTag::Unmanaged => stats.counts.unmanaged += 1,
-                ClaimTag::Unknown => stats.counts.unknown += 1,
-            }
-            stats.counts.users += 1;
-            users.push((user, tag));
         }
         if tx.send(Page { users, received_at }).await.is_err() {
             // The writer stopped; it reports its own error.
-            return Ok(stats);
+            return Ok(pages);
         }
         match page.next {
-            None => return Ok(stats),
+            None => return Ok(pages),
             Some(next) => {
                 if !cursors.insert(next.clone()) {
                     return Err(incomplete(format!(
-                        "the API returned the same page cursor twice (after {} pages); stopping instead of looping",
-                        stats.pages
+                        "the API returned the same page cursor twice (after {pages} pages); stopping instead of looping"
                     )));
                 }
                 cursor = Some(next);

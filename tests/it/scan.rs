@@ -410,3 +410,124 @@ async fn an_empty_organization_writes_a_valid_empty_snapshot() {
     assert_eq!(m.pages, 1);
     assert_eq!(rows(&h, "2026-01-01"), 0);
 }
+
+fn sorted_raw(h: &Harness, day: &str) -> Vec<String> {
+    let mut raw: Vec<String> = column_strings(h, day, "raw")
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    raw.sort();
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitioned_and_single_walks_give_identical_snapshots() {
+    let population = generate(
+        2600,
+        12,
+        &PopulationOptions {
+            duplicate_every: 400,
+            ..Default::default()
+        },
+    );
+    let h = Harness::new(population).await;
+    for (extra, day) in [
+        ("scan_unmanaged_users = true", "2026-01-01"),
+        (
+            "scan_unmanaged_users = true\npartitioned_walk = true",
+            "2026-01-02",
+        ),
+    ] {
+        let r = run(&h, extra, day).await;
+        assert!(r[0].outcome.is_ok(), "{:?}", r[0].outcome.as_ref().err());
+    }
+    let log = h.sim.request_log();
+    assert!(
+        log.iter().any(|l| l.contains("/users?")
+            && l.contains("claimStatus=unmanaged")
+            && l.contains("status=suspended")),
+        "the partitions were walked"
+    );
+    assert_eq!(sorted_raw(&h, "2026-01-01"), sorted_raw(&h, "2026-01-02"));
+    let (a, b) = (h.manifest("2026-01-01"), h.manifest("2026-01-02"));
+    assert_eq!(a.counts, b.counts);
+    assert!(
+        b.pages > a.pages,
+        "more, smaller walks: {} vs {}",
+        b.pages,
+        a.pages
+    );
+
+    // Managed only, partitioned by status.
+    run(&h, "", "2026-01-03").await;
+    run(&h, "partitioned_walk = true", "2026-01-04").await;
+    assert_eq!(sorted_raw(&h, "2026-01-03"), sorted_raw(&h, "2026-01-04"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unexpected_status_makes_the_partitioned_walk_fall_back_to_one_walk() {
+    let population = generate(
+        900,
+        13,
+        &PopulationOptions {
+            odd_status_every: 50,
+            ..Default::default()
+        },
+    );
+    let h = Harness::new(population).await;
+    run(&h, "scan_unmanaged_users = true", "2026-01-01").await;
+    let before = h.sim.request_log().len();
+    let r = run(
+        &h,
+        "scan_unmanaged_users = true\npartitioned_walk = true",
+        "2026-01-02",
+    )
+    .await;
+    assert!(r[0].outcome.is_ok());
+    let walked: Vec<_> = h.sim.request_log()[before..]
+        .iter()
+        .filter(|l| l.contains("/users?") && !l.contains("/count"))
+        .cloned()
+        .collect();
+    assert!(
+        walked.iter().all(|l| !l.contains("status=")),
+        "fell back to one unfiltered walk: {walked:?}"
+    );
+    assert_eq!(sorted_raw(&h, "2026-01-01"), sorted_raw(&h, "2026-01-02"));
+    assert_eq!(h.manifest("2026-01-02").counts.users, 900);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_run_publishes_nothing() {
+    let h = Harness::with(
+        SimConfig {
+            latency: std::time::Duration::from_millis(40),
+            ..SimConfig::default()
+        },
+        users(3000, 14),
+    )
+    .await;
+    let config = h.config("scan_unmanaged_users = true");
+    let storage = Storage::open(&config.storage).unwrap();
+    let (trigger, cancel) = idsnap::schedule::Cancel::new();
+    let options = RunOptions {
+        snapshot_date: Some(date("2026-01-01")),
+        cancel,
+        ..RunOptions::default()
+    };
+    let run = run_all(&config, &storage, &options);
+    let stop = async {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        trigger.send(true).unwrap();
+        std::future::pending::<()>().await
+    };
+    let reports = tokio::select! { r = run => r, _ = stop => unreachable!() };
+    let err = reports[0].outcome.as_ref().unwrap_err();
+    assert!(err.to_string().contains("abandoned at shutdown"), "{err}");
+    assert!(h.sim.users_requests() < 30, "stopped early");
+    assert!(
+        files_below(&h.out()).is_empty(),
+        "{:?}",
+        files_below(&h.out())
+    );
+}

@@ -325,11 +325,10 @@ async fn scan_once(
                 for (user, tag) in &page.users {
                     builder.append(user, *tag, page.received_at);
                 }
-                if builder.len() >= BATCH_ROWS {
-                    if let Err(e) = upload.write(&builder.finish()).await {
+                if builder.len() >= BATCH_ROWS
+                    && let Err(e) = upload.write(&builder.finish()).await {
                         break Some(write_err(e));
                     }
-                }
             }
             Some(done) = walkers.join_next() => match done {
                 Ok(Ok(n)) => pages += n,
@@ -362,11 +361,11 @@ async fn scan_once(
             }
         }
     }
-    if !builder.is_empty() {
-        if let Err(e) = upload.write(&builder.finish()).await {
-            upload.abort().await;
-            return Err(write_err(e));
-        }
+    if !builder.is_empty()
+        && let Err(e) = upload.write(&builder.finish()).await
+    {
+        upload.abort().await;
+        return Err(write_err(e));
     }
     let mut counts = std::mem::take(&mut lock(&tally).counts);
     counts.unparsed_timestamps = builder.bad_timestamps;

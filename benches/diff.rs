@@ -9,8 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use chrono::{NaiveDate, Utc};
 use idsnap::atlassian::model::{ClaimTag, UserRecord};
@@ -22,6 +21,9 @@ use idsnap::snapshot::schema::{SCHEMA_VERSION, UsersBatchBuilder, users_schema};
 use idsnap::snapshot::writer::{ParquetUpload, writer_properties};
 use idsnap::store::Storage;
 use object_store::ObjectStoreExt;
+
+mod common;
+use common::{measure, median};
 
 async fn write_snapshot(storage: &Storage, date: NaiveDate, users: &[UserRecord]) {
     let key = SnapshotKey {
@@ -96,46 +98,6 @@ fn records(n: usize, seed: u64) -> Vec<UserRecord> {
         .collect()
 }
 
-/// Runs the command and returns (wall time, peak RSS in bytes, exit code) of the child. It
-/// is reaped by `wait4` here, which is what yields its resource usage.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> (Duration, u64, i32) {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    let mut usage: libc::rusage = zeroed_rusage();
-    let pid = child.id() as libc::pid_t;
-    let rc = wait4(pid, &mut status, &mut usage);
-    assert_eq!(rc, pid);
-    let elapsed = start.elapsed();
-    (
-        elapsed,
-        usage.ru_maxrss as u64 * 1024,
-        libc::WEXITSTATUS(status),
-    )
-}
-
-#[allow(unsafe_code)]
-fn zeroed_rusage() -> libc::rusage {
-    // SAFETY: rusage is a plain C struct of integers and timevals; all-zero is valid.
-    unsafe { std::mem::zeroed() }
-}
-
-#[allow(unsafe_code)]
-fn wait4(pid: libc::pid_t, status: &mut i32, usage: &mut libc::rusage) -> libc::pid_t {
-    // SAFETY: pid is our own child, and both out-pointers are valid for the call.
-    unsafe { libc::wait4(pid, status, 0, usage) }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     let n: usize = std::env::var("IDSNAP_BENCH_USERS")
         .ok()
@@ -200,7 +162,7 @@ fn main() {
     let mut times = Vec::new();
     let mut rss = Vec::new();
     for _ in 0..5 {
-        let (t, peak, code) = measure(Command::new(bin).args([
+        let m = measure(Command::new(bin).args([
             "--config",
             config.to_str().unwrap(),
             "-q",
@@ -208,9 +170,9 @@ fn main() {
             "--connection",
             "Bench",
         ]));
-        assert_eq!(code, 1, "diff finds differences");
-        times.push(t.as_secs_f64());
-        rss.push(peak as f64 / (1024.0 * 1024.0));
+        assert_eq!(m.code, 1, "diff finds differences");
+        times.push(m.wall.as_secs_f64());
+        rss.push(common::mib(m.peak_rss));
     }
     let (t, m) = (median(times.clone()), median(rss.clone()));
     println!(

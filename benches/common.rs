@@ -1,6 +1,12 @@
 //! Shared by the benchmark harnesses: run a child and read its wall time and peak RSS.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::expect_used,
+    clippy::unwrap_used
+)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,12 +24,20 @@ pub struct Measured {
 #[allow(clippy::zombie_processes)]
 pub fn measure(cmd: &mut Command) -> Measured {
     let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let mut status = 0;
     let mut usage = zeroed_rusage();
     let pid = child.id() as libc::pid_t;
     assert_eq!(wait4(pid, &mut status, &mut usage), pid);
-    Measured { wall: start.elapsed(), peak_rss: usage.ru_maxrss as u64 * 1024, code: libc::WEXITSTATUS(status) }
+    Measured {
+        wall: start.elapsed(),
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        code: libc::WEXITSTATUS(status),
+    }
 }
 
 #[allow(unsafe_code)]
@@ -44,7 +58,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -6,7 +6,12 @@
 //! Set `IDSNAP_BENCH_USERS` to change the size. (The only `unsafe` in the project is the
 //! two libc calls here that read the child's peak RSS.)
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 use std::path::Path;
 use std::process::Command;

@@ -15,7 +15,12 @@
 //! 3) sets the repetitions of the fast rows. The 20 ms rows run once each: at N = 1,000,000
 //! they take about 3.5 minutes per walk.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -35,10 +40,29 @@ struct Sim {
 
 impl Sim {
     fn start(bin: &str, users: usize, latency_ms: u64) -> Sim {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(bin)
-            .args(["simulate", "--port", &port.to_string(), "--users", &users.to_string(), "--seed", "7"])
-            .args(["--org-id", ORG, "--token", TOKEN, "--latency-ms", &latency_ms.to_string()])
+            .args([
+                "simulate",
+                "--port",
+                &port.to_string(),
+                "--users",
+                &users.to_string(),
+                "--seed",
+                "7",
+            ])
+            .args([
+                "--org-id",
+                ORG,
+                "--token",
+                TOKEN,
+                "--latency-ms",
+                &latency_ms.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -48,7 +72,10 @@ impl Sim {
             assert!(Instant::now() < deadline, "the simulator did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Sim { child, base: format!("http://127.0.0.1:{port}") }
+        Sim {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     fn cpu(&self) -> f64 {
@@ -88,31 +115,70 @@ struct RunFigures {
 fn idsnap_run(bin: &str, sim: &Sim, dir: &Path, partitioned: bool) -> RunFigures {
     let cfg = config(dir, &sim.base, partitioned);
     let cpu0 = sim.cpu();
-    let m = measure(Command::new(bin).args(["--config", cfg.to_str().unwrap(), "-q", "run", "--snapshot-date", "2026-01-01"]).env("BENCH_TOKEN", TOKEN));
+    let m = measure(
+        Command::new(bin)
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "-q",
+                "run",
+                "--snapshot-date",
+                "2026-01-01",
+            ])
+            .env("BENCH_TOKEN", TOKEN),
+    );
     assert_eq!(m.code, 0, "idsnap run failed");
     let wall = m.wall.as_secs_f64();
-    RunFigures { wall, rss_mib: mib(m.peak_rss), sim_cpu_share: (sim.cpu() - cpu0) / wall }
+    RunFigures {
+        wall,
+        rss_mib: mib(m.peak_rss),
+        sim_cpu_share: (sim.cpu() - cpu0) / wall,
+    }
 }
 
 /// Downloads every page in order and does nothing else: the floor of a cursor walk.
 fn bare_walk(sim: &Sim) -> (f64, u64, f64) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cpu0 = sim.cpu();
     let start = Instant::now();
     let pages = rt.block_on(async {
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
-        let first = format!("{}/admin/v2/orgs/{ORG}/directories/-/users?limit=100", sim.base);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let first = format!(
+            "{}/admin/v2/orgs/{ORG}/directories/-/users?limit=100",
+            sim.base
+        );
         let mut url = reqwest::Url::parse(&first).unwrap();
         let mut pages = 0u64;
         loop {
-            let body = client.get(url.clone()).bearer_auth(TOKEN).send().await.unwrap().bytes().await.unwrap();
+            let body = client
+                .get(url.clone())
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             pages += 1;
             // The cursor is the last string value, after "next":"; no JSON decoding.
-            let Some(at) = find_last(&body, b"\"next\":\"") else { break };
+            let Some(at) = find_last(&body, b"\"next\":\"") else {
+                break;
+            };
             let rest = &body[at + 8..];
             let end = rest.iter().position(|&b| b == b'"').unwrap();
             let cursor = std::str::from_utf8(&rest[..end]).unwrap();
-            url = reqwest::Url::parse(&format!("{}/admin/v2/orgs/{ORG}/directories/-/users", sim.base)).unwrap();
+            url = reqwest::Url::parse(&format!(
+                "{}/admin/v2/orgs/{ORG}/directories/-/users",
+                sim.base
+            ))
+            .unwrap();
             url.query_pairs_mut().append_pair("cursor", cursor);
         }
         pages
@@ -135,19 +201,32 @@ fn cpu_part(pages: usize) -> f64 {
         .chunks(100)
         .map(|chunk| {
             let data: Vec<&str> = chunk.iter().map(|u| u.json.as_str()).collect();
-            format!("{{\"data\":[{}],\"links\":{{\"next\":\"Qh8+x/y/1.100..\"}}}}", data.join(",")).into_bytes()
+            format!(
+                "{{\"data\":[{}],\"links\":{{\"next\":\"Qh8+x/y/1.100..\"}}}}",
+                data.join(",")
+            )
+            .into_bytes()
         })
         .collect();
     let mut times = Vec::new();
     for _ in 0..5 {
-        let mut writer = parquet::arrow::ArrowWriter::try_new(Vec::new(), users_schema(), Some(writer_properties(Vec::new()))).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            Vec::new(),
+            users_schema(),
+            Some(writer_properties(Vec::new())),
+        )
+        .unwrap();
         let mut builder = UsersBatchBuilder::new(ORG);
         let start = Instant::now();
         let now = chrono::Utc::now();
         for i in 0..pages {
-            let page = decode_users_page(&bodies[i % bodies.len()]).unwrap();
+            let page = decode_users_page(&bodies[i % bodies.len()], 8192).unwrap();
             for u in &page.users {
-                builder.append(u, ClaimTag::from_claim_status(u.claim_status.as_deref()), now);
+                builder.append(
+                    u,
+                    ClaimTag::from_claim_status(u.claim_status.as_deref()),
+                    now,
+                );
             }
             if builder.len() >= 8192 {
                 writer.write(&builder.finish()).unwrap();
@@ -163,8 +242,14 @@ fn cpu_part(pages: usize) -> f64 {
 
 fn main() {
     let bin = env!("CARGO_BIN_EXE_idsnap");
-    let n: usize = std::env::var("IDSNAP_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let runs: usize = std::env::var("IDSNAP_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n: usize = std::env::var("IDSNAP_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runs: usize = std::env::var("IDSNAP_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scan");
     let mut table: Vec<String> = Vec::new();
 
@@ -172,7 +257,9 @@ fn main() {
     let mut rss_at = Vec::new();
     for size in [10_000, 100_000, n] {
         let sim = Sim::start(bin, size, 0);
-        let figures: Vec<RunFigures> = (0..runs).map(|_| idsnap_run(bin, &sim, &work.join(format!("s{size}")), false)).collect();
+        let figures: Vec<RunFigures> = (0..runs)
+            .map(|_| idsnap_run(bin, &sim, &work.join(format!("s{size}")), false))
+            .collect();
         let wall = median(figures.iter().map(|f| f.wall).collect());
         let rss = median(figures.iter().map(|f| f.rss_mib).collect());
         let sim_share = median(figures.iter().map(|f| f.sim_cpu_share).collect());

@@ -42,6 +42,9 @@ pub struct Cli {
     /// Less log output (-q warnings and errors only, -qq errors only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
+    /// Log format on stderr: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -142,6 +145,15 @@ pub enum Command {
     },
 }
 
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
 /// How `diff` prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffFormat {
@@ -156,7 +168,7 @@ pub enum DiffFormat {
 /// Parses the process arguments, runs the command, and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,7 +179,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    // Every event of this invocation carries the run ID (and, inside a scan, the connection).
+    let run_id = format!("{:016x}", {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+    });
+    let root = tracing::info_span!("idsnap", run_id = %run_id);
+    match runtime.block_on(tracing::Instrument::instrument(dispatch(cli), root)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
@@ -176,7 +194,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: u8) {
+fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     let level = match i16::from(verbose) - i16::from(quiet) {
         i16::MIN..=-2 => "error",
         -1 => "warn",
@@ -186,11 +204,18 @@ fn init_logging(verbose: u8, quiet: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("idsnap={level},warn")));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .try_init(),
+    };
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Error> {

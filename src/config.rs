@@ -104,6 +104,8 @@ pub struct HttpConfig {
     pub max_retry_wait: Duration,
     /// Longest total time one connection's run may spend waiting to retry.
     pub retry_budget: Duration,
+    /// What a response may cost: body size, string lengths, pages per walk.
+    pub limits: PageLimits,
 }
 
 impl Default for HttpConfig {
@@ -113,6 +115,7 @@ impl Default for HttpConfig {
             max_retries: DEFAULT_MAX_RETRIES,
             max_retry_wait: Duration::from_secs(DEFAULT_MAX_RETRY_WAIT_SECS),
             retry_budget: Duration::from_secs(DEFAULT_RETRY_BUDGET_SECS),
+            limits: PageLimits::default(),
         }
     }
 }
@@ -122,10 +125,34 @@ const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_MAX_RETRY_WAIT_SECS: u64 = 120;
 const DEFAULT_RETRY_BUDGET_SECS: u64 = 900;
 const DEFAULT_MAX_CONCURRENT_CONNECTIONS: u64 = 4;
+const DEFAULT_MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+const DEFAULT_MAX_FIELD_CHARS: u64 = 8 * 1024;
+const DEFAULT_MAX_PAGES_PER_WALK: u64 = 1_000_000;
 const DEFAULT_MAX_DROP_PERCENT: u64 = 50;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 60;
 const DEFAULT_STORAGE_MAX_RETRIES: u64 = 10;
 const DEFAULT_STORAGE_RETRY_TIMEOUT_SECS: u64 = 180;
+
+/// Limits on what an API response may cost; each breach fails the run (nothing published).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    /// Largest response body of one page.
+    pub max_page_bytes: usize,
+    /// Longest string field (in characters) kept in the snapshot.
+    pub max_field_chars: usize,
+    /// Most pages one walk may take: a backstop against endless cursors.
+    pub max_pages_per_walk: u64,
+}
+
+impl Default for PageLimits {
+    fn default() -> Self {
+        PageLimits {
+            max_page_bytes: DEFAULT_MAX_PAGE_BYTES as usize,
+            max_field_chars: DEFAULT_MAX_FIELD_CHARS as usize,
+            max_pages_per_walk: DEFAULT_MAX_PAGES_PER_WALK,
+        }
+    }
+}
 
 /// Which Admin API operation lists the users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -761,6 +788,26 @@ fn validate_http(t: &config::Map<String, Value>, p: &mut Problems) -> HttpConfig
             0..=86_400,
             p,
         )),
+        limits: PageLimits {
+            max_page_bytes: table.integer(
+                "max_page_bytes",
+                DEFAULT_MAX_PAGE_BYTES,
+                16 * 1024..=256 * 1024 * 1024,
+                p,
+            ) as usize,
+            max_field_chars: table.integer(
+                "max_field_chars",
+                DEFAULT_MAX_FIELD_CHARS,
+                64..=1024 * 1024,
+                p,
+            ) as usize,
+            max_pages_per_walk: table.integer(
+                "max_pages_per_walk",
+                DEFAULT_MAX_PAGES_PER_WALK,
+                1..=100_000_000,
+                p,
+            ),
+        },
     };
     table.finish(p);
     http
@@ -960,6 +1007,21 @@ fn check_unique(names: &[(usize, String)], p: &mut Problems) {
     }
 }
 
+/// Warns when a token file can be read by its group or by others.
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "The API token file is readable by its group or by others; restrict it with chmod 600."
+            );
+        }
+    }
+}
+
 fn read_token(source: &TokenSource, env: &Env) -> Result<ApiToken, (&'static str, String)> {
     let token = match source {
         TokenSource::Env(var) => match env.get(var) {
@@ -974,7 +1036,10 @@ fn read_token(source: &TokenSource, env: &Env) -> Result<ApiToken, (&'static str
             }
         },
         TokenSource::File(path) => match std::fs::read_to_string(path) {
-            Ok(v) => ApiToken::new(v),
+            Ok(v) => {
+                warn_if_shared(path);
+                ApiToken::new(v)
+            }
             Err(e) => {
                 return Err((
                     "api_token_file",

@@ -308,11 +308,14 @@ async fn scan_once(
             Arc::clone(&permits),
         );
         let keep_unmanaged = conn.scan_unmanaged_users;
-        walkers.spawn(async move {
-            // The semaphore is never closed, so acquiring only waits.
-            let _permit = permits.acquire_owned().await;
-            walk(client, filter, keep_unmanaged, tally, tx).await
-        });
+        walkers.spawn(tracing::Instrument::instrument(
+            async move {
+                // The semaphore is never closed, so acquiring only waits.
+                let _permit = permits.acquire_owned().await;
+                walk(client, filter, keep_unmanaged, tally, tx).await
+            },
+            tracing::Span::current(),
+        ));
     }
     drop(tx);
 
@@ -518,6 +521,12 @@ async fn walk(
         let page = client.users_page(&filter, cursor.as_ref()).await?;
         let received_at = Utc::now();
         pages += 1;
+        let max_pages = client.limits().max_pages_per_walk;
+        if pages > max_pages {
+            return Err(incomplete(format!(
+                "the walk passed {max_pages} pages ([http] max_pages_per_walk) without reaching the end"
+            )));
+        }
         let mut users = Vec::with_capacity(page.users.len());
         {
             let mut t = lock(&tally);

@@ -269,7 +269,8 @@ impl<R: Runner, C: Clock> Daemon<R, C> {
             let clock = Arc::clone(&self.clock);
             let mut stop = stop_rx.clone();
             let run_on_start = self.run_on_start;
-            loops.push(tokio::spawn(async move {
+            let span = tracing::Span::current();
+            loops.push(tokio::spawn(tracing::Instrument::instrument(async move {
                 let mut running: Option<Running> = None;
                 let (mut started, mut skipped) = (0u64, 0u64);
                 let mut first = run_on_start;
@@ -296,13 +297,14 @@ impl<R: Runner, C: Clock> Daemon<R, C> {
                     let (cancel_tx, cancel) = Cancel::new();
                     started += 1;
                     tracing::info!(connection = %job.name, "Starting a scheduled run.");
-                    running = Some(Running { handle: tokio::spawn(runner.run(index, cancel)), cancel: cancel_tx });
+                    let run = tracing::Instrument::instrument(runner.run(index, cancel), tracing::Span::current());
+                    running = Some(Running { handle: tokio::spawn(run), cancel: cancel_tx });
                     if let Some(next) = job.schedule.next_after(clock.now()) {
                         tracing::info!(connection = %job.name, next_utc = %next.format("%Y-%m-%d %H:%M:%S UTC"), "Next run.");
                     }
                 }
                 (started, skipped, running)
-            }));
+            }, span)));
         }
 
         shutdown.await;

@@ -22,12 +22,10 @@ use super::model::{
     self, CountResponse, Cursor, DirectoriesPage, PageError, UsersPage, decode_users_page,
 };
 use super::retry::{Attempt, HttpStats, Retrier};
-use crate::config::{ConnectionConfig, HttpConfig, UsersEndpoint};
+use crate::config::{ConnectionConfig, HttpConfig, PageLimits, UsersEndpoint};
 
 /// The page size idsnap asks for: the documented maximum.
 pub const PAGE_LIMIT: u32 = 100;
-/// Largest response body accepted for one page.
-pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why an Admin API call failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +150,7 @@ struct Inner {
     connection: String,
     token_source: String,
     endpoint: UsersEndpoint,
+    limits: PageLimits,
     retry: Retrier,
 }
 
@@ -187,6 +186,7 @@ impl AdminClient {
                 connection: conn.name.clone(),
                 token_source: conn.token_source.to_string(),
                 endpoint: conn.users_endpoint,
+                limits: settings.limits,
                 retry: Retrier::new(&conn.name, settings),
             }),
         })
@@ -195,6 +195,11 @@ impl AdminClient {
     /// Request counters so far.
     pub fn stats(&self) -> &HttpStats {
         self.inner.retry.stats()
+    }
+
+    /// The response limits in force.
+    pub fn limits(&self) -> PageLimits {
+        self.inner.limits
     }
 
     /// The connection name this client serves.
@@ -282,8 +287,18 @@ impl AdminClient {
                 (Method::POST, url, Some(body.to_string()))
             }
         };
-        self.call(method, url, body, cursor.is_some(), decode_users_page)
-            .await
+        let max_chars = self.inner.limits.max_field_chars;
+        self.call(method, url, body, cursor.is_some(), |body| {
+            let page = decode_users_page(body, max_chars)?;
+            if page.users.len() > PAGE_LIMIT as usize {
+                return Err(PageError::Malformed(format!(
+                    "the page holds {} records, more than the {PAGE_LIMIT} asked for",
+                    page.users.len()
+                )));
+            }
+            Ok(page)
+        })
+        .await
     }
 
     /// `GET .../directories/-/users/count` with the same filter as a walk.
@@ -359,12 +374,15 @@ impl AdminClient {
         let status = response.status();
         let headers = response.headers().clone();
         self.note_rate_limit(&headers);
-        let bytes = match read_limited(response, MAX_BODY_BYTES).await {
+        let bytes = match read_limited(response, self.inner.limits.max_page_bytes).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return Attempt::Fail(self.malformed(
                     what,
-                    format!("the response body exceeds {MAX_BODY_BYTES} bytes"),
+                    format!(
+                        "the response body exceeds {} bytes ([http] max_page_bytes)",
+                        self.inner.limits.max_page_bytes
+                    ),
                 ));
             }
             Err(BodyError::Transport(e)) => {

@@ -99,6 +99,45 @@ pub struct UserRecord {
     pub raw: String,
 }
 
+impl UserRecord {
+    /// The longest string field kept in the snapshot (not `raw`), with its length in
+    /// characters.
+    pub fn longest_field(&self) -> Option<(&'static str, usize)> {
+        let fields: [(&'static str, Option<&str>); 17] = [
+            ("accountId", Some(self.account_id.as_str())),
+            ("accountType", self.account_type.as_deref()),
+            ("status", self.status.as_deref()),
+            ("accountStatus", self.account_status.as_deref()),
+            ("membershipStatus", self.membership_status.as_deref()),
+            ("addedToOrg", self.added_to_org.as_deref()),
+            ("name", self.name.as_deref()),
+            ("nickname", self.nickname.as_deref()),
+            ("email", self.email.as_deref()),
+            ("claimStatus", self.claim_status.as_deref()),
+            ("managementSource", self.management_source.as_deref()),
+            ("jobTitle", self.job_title.as_deref()),
+            ("department", self.department.as_deref()),
+            ("organization", self.organization.as_deref()),
+            ("location", self.location.as_deref()),
+            ("timeZone", self.time_zone.as_deref()),
+            (
+                "platformRoles",
+                self.platform_roles
+                    .as_ref()
+                    .and_then(|r| r.iter().max_by_key(|s| s.len()))
+                    .map(String::as_str),
+            ),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(name, v)| v.map(|v| (name, v)))
+            // Byte length bounds character length, so only long values are counted.
+            .filter(|(_, v)| v.len() > 64)
+            .map(|(name, v)| (name, v.chars().count()))
+            .max_by_key(|(_, n)| *n)
+    }
+}
+
 /// Where the next page starts: the opaque token to send back as `cursor`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Cursor(pub String);
@@ -159,8 +198,9 @@ struct LinksWire<'a> {
     next: Option<&'a RawValue>,
 }
 
-/// Decodes one users page from the response body.
-pub fn decode_users_page(body: &[u8]) -> Result<UsersPage, PageError> {
+/// Decodes one users page from the response body, refusing string fields longer than
+/// `max_field_chars` characters.
+pub fn decode_users_page(body: &[u8], max_field_chars: usize) -> Result<UsersPage, PageError> {
     let page: PageWire<'_> = match serde_json::from_slice(body) {
         Ok(p) => p,
         Err(e) if e.is_syntax() || e.is_eof() => return Err(PageError::NotJson(e.to_string())),
@@ -175,6 +215,11 @@ pub fn decode_users_page(body: &[u8]) -> Result<UsersPage, PageError> {
             .map_err(|e| PageError::Malformed(format!("data[{i}]: {e}")))?;
         if user.account_id.is_empty() {
             return Err(PageError::Malformed(format!("data[{i}] has no accountId")));
+        }
+        if let Some((field, chars)) = user.longest_field().filter(|(_, n)| *n > max_field_chars) {
+            return Err(PageError::Malformed(format!(
+                "data[{i}].{field} is {chars} characters long, more than the limit of {max_field_chars} ([http] max_field_chars)"
+            )));
         }
         user.raw = raw.get().to_owned();
         users.push(user);
@@ -259,7 +304,7 @@ mod tests {
         let body = br#"{"data":[{"accountId":"abc","claimStatus":"managed","email":"A@Example.com",
             "platformRoles":["atlassian/org-admin"],"counts":{"resources":10},"newField":{"x":1}}],
             "links":{"self":"s","next":"Qh8E1QpVV00ys/xI7pHI7Q.."}}"#;
-        let page = decode_users_page(body).unwrap();
+        let page = decode_users_page(body, 8192).unwrap();
         assert_eq!(page.users.len(), 1);
         let u = &page.users[0];
         assert_eq!(u.account_id, "abc");
@@ -278,19 +323,19 @@ mod tests {
             r#"{"data":[],"links":null}"#,
         ] {
             assert_eq!(
-                decode_users_page(end.as_bytes()).unwrap().next,
+                decode_users_page(end.as_bytes(), 8192).unwrap().next,
                 None,
                 "{end}"
             );
         }
         let url = br#"{"data":[],"links":{"next":"https://api.atlassian.com/admin/v1/orgs/o/users?cursor=a%2Fb%2Bc"}}"#;
         assert_eq!(
-            decode_users_page(url).unwrap().next,
+            decode_users_page(url, 8192).unwrap().next,
             Some(Cursor("a/b+c".into()))
         );
         let bad = br#"{"data":[],"links":{"next":17}}"#;
         assert!(matches!(
-            decode_users_page(bad),
+            decode_users_page(bad, 8192),
             Err(PageError::Malformed(_))
         ));
     }
@@ -298,25 +343,37 @@ mod tests {
     #[test]
     fn missing_data_or_account_id_is_an_error_not_zero_users() {
         assert!(matches!(
-            decode_users_page(br#"{"links":{}}"#),
+            decode_users_page(br#"{"links":{}}"#, 8192),
             Err(PageError::Malformed(_))
         ));
         assert!(matches!(
-            decode_users_page(br#"{"data":null}"#),
+            decode_users_page(br#"{"data":null}"#, 8192),
             Err(PageError::Malformed(_))
         ));
         assert!(matches!(
-            decode_users_page(br#"{"data":[{"email":"x"}]}"#),
+            decode_users_page(br#"{"data":[{"email":"x"}]}"#, 8192),
             Err(PageError::Malformed(_))
         ));
         assert!(matches!(
-            decode_users_page(br#"{"data":[{"accountId":"a"}"#),
+            decode_users_page(br#"{"data":[{"accountId":"a"}"#, 8192),
             Err(PageError::NotJson(_))
         ));
         assert!(matches!(
-            decode_users_page(b"<html>"),
+            decode_users_page(b"<html>", 8192),
             Err(PageError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn over_long_fields_are_refused() {
+        let long = "x".repeat(5000);
+        let body = format!(r#"{{"data":[{{"accountId":"a","email":"{long}"}}]}}"#);
+        let err = decode_users_page(body.as_bytes(), 4096).unwrap_err();
+        assert!(
+            err.to_string().contains("data[0].email is 5000 characters"),
+            "{err}"
+        );
+        assert!(decode_users_page(body.as_bytes(), 8192).is_ok());
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
+        302 => "Found",
         404 => "Not Found",
         408 => "Request Timeout",
         429 => "Too Many Requests",

@@ -92,6 +92,10 @@ pub enum Fault {
     BadCursor,
     /// Answer normally with `X-RateLimit-Remaining: 0` and a reset this many seconds ahead.
     WindowExhausted(u64),
+    /// 302 to `http://127.0.0.1:<port>/steal`, as a hostile or misconfigured proxy might.
+    RedirectTo(u16),
+    /// A 200 page with 101 records (more than any `limit` allows).
+    Oversized,
 }
 
 impl std::str::FromStr for Fault {
@@ -127,6 +131,10 @@ impl std::str::FromStr for Fault {
             ("no-data", None) => Fault::NoData,
             ("bad-cursor", None) => Fault::BadCursor,
             ("window-exhausted", Some(v)) => Fault::WindowExhausted(number(v)?),
+            ("redirect", Some(v)) => Fault::RedirectTo(
+                u16::try_from(number(v)?).map_err(|_| format!("{v} is not a port"))?,
+            ),
+            ("oversized", None) => Fault::Oversized,
             (code, None)
                 if code.len() == 3
                     && code.parse::<u16>().is_ok_and(|c| (400..600).contains(&c)) =>
@@ -668,6 +676,13 @@ async fn users_page(
             );
         }
         Some(Fault::NoData) => return (Response::json(200, br#"{"links":{}}"#.to_vec()), full),
+        Some(Fault::RedirectTo(port)) => {
+            return (
+                Response::json(302, Vec::new())
+                    .with_header("location", format!("http://127.0.0.1:{port}/steal")),
+                full,
+            );
+        }
         Some(Fault::BadCursor) if params.cursor.is_some() => {
             return (
                 Response::json(400, errors_body(400, "INVALID_CURSOR", "Cursor expired")),
@@ -683,7 +698,9 @@ async fn users_page(
     };
     let index = population.index(claim, params.status.as_deref());
     let start = params.offset.min(index.len());
-    let end = (start + limit).min(index.len());
+    // An oversized page sends one record more than asked for.
+    let extra = usize::from(fault == Some(Fault::Oversized));
+    let end = (start + limit + extra).min(index.len());
     let mut body = String::with_capacity((end - start) * 900 + 200);
     body.push_str("{\"data\":[");
     for (k, &i) in index[start..end].iter().enumerate() {

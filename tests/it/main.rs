@@ -12,4 +12,5 @@ mod daemon;
 mod resilience;
 mod s3;
 mod scan;
+mod security;
 mod support;

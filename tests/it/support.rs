@@ -37,9 +37,15 @@ impl Harness {
     }
 
     pub async fn with(sim: SimConfig, users: Vec<SimUser>) -> Harness {
+        // Keep a token the test chose; replace the simulator's default one.
+        let token = if sim.token == SimConfig::default().token {
+            TOKEN.into()
+        } else {
+            sim.token.clone()
+        };
         let sim = SimConfig {
             org_id: ORG.into(),
-            token: TOKEN.into(),
+            token,
             ..sim
         };
         Harness {

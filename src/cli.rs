@@ -27,7 +27,7 @@ use crate::secret::ApiToken;
 use crate::simulator::{self, PopulationOptions, SimConfig, Simulator};
 use crate::snapshot::{SnapshotKey, catalog};
 use crate::store::{Storage, StorageUrl};
-use crate::{schedule, status};
+use crate::{metrics, progress, schedule, status};
 
 /// Nightly identity snapshots of Atlassian organizations, as Parquet on object storage.
 #[derive(Debug, Parser)]
@@ -82,6 +82,22 @@ pub enum Command {
         /// Seed of the simulated population.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Write a commented starter config (never over an existing file).
+    Init {
+        /// Where to write it [default: the --config path].
+        path: Option<PathBuf>,
+    },
+    /// Work with the config file.
+    Config {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Run every connection on its cron schedule until SIGTERM or SIGINT.
     Schedule {
@@ -143,6 +159,14 @@ pub enum Command {
         #[arg(long)]
         next_as_url: bool,
     },
+}
+
+/// `idsnap config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the config and print the effective settings (file plus environment), with
+    /// every secret shown as ***. Exits 2 on problems.
+    Check,
 }
 
 /// How logs are written.
@@ -246,12 +270,29 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
                 accept_drop,
                 ..RunOptions::default()
             };
-            let reports = job::run_all(&config, &storage, &options).await;
+            let reports = run_with_progress(&config, &storage, options).await;
             let code = print_reports(&reports);
             record_status(&config, &reports).await;
             Ok(code)
         }
         Command::Demo { out, users, seed } => demo(out, users, seed).await,
+        Command::Init { path } => init(path.unwrap_or(config_path)),
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let config = config::load(&config_path, &Env::from_process(), Selection::All)?;
+            println!(
+                "# {} is valid. Effective settings (file plus IDSNAP__ environment overrides):",
+                config_path.display()
+            );
+            print!("{}", config::render_effective(&config));
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "idsnap", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
         Command::Schedule { dry_run } => {
             let config = config::load(
                 &config_path,
@@ -508,27 +549,97 @@ fn print_diff(connection: &str, c: &Comparison, format: DiffFormat) {
     }
 }
 
-/// Records the reports in the status file, if one is configured. A failure to write it is
-/// logged, not fatal: the snapshots are what matter.
-async fn record_status(config: &Config, reports: &[ConnectionReport]) {
-    let Some(path) = &config.status_file else {
-        return;
+/// The starter config: the commented example shipped in the repository.
+pub const STARTER_CONFIG: &str = include_str!("../config/idsnap.toml");
+
+fn init(path: PathBuf) -> Result<u8, Error> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Usage(format!(
+                "{} already exists; not overwriting it (pass another path: idsnap init PATH)",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Usage(format!(
+                "cannot create {}: {e}",
+                path.display()
+            )));
+        }
     };
-    let entries: Vec<(String, &ConnectionReport)> = reports
-        .iter()
-        .map(|r| {
-            (
-                config
-                    .connections
-                    .iter()
-                    .find(|c| c.name == r.name)
-                    .map_or_else(|| config::slugify(&r.name), |c| c.slug.clone()),
-                r,
-            )
-        })
-        .collect();
-    if let Err(e) = status::record(path, &entries).await {
-        tracing::error!(path = %path.display(), error = %e, "Could not write the status file.");
+    file.write_all(STARTER_CONFIG.as_bytes())
+        .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+    println!("Wrote {}. Fill in:", path.display());
+    println!("  1. storage.url: where snapshots go (a folder, or s3://bucket/prefix);");
+    println!(
+        "  2. connections[0].name and org_id: the Organization ID from admin.atlassian.com/o/<org id>/;"
+    );
+    println!(
+        "  3. the API key: create one under Settings → API keys with the read:directories:admin scope,"
+    );
+    println!(
+        "     then export ATLASSIAN_API_TOKEN=... (or point api_token_file at a file only you can read)."
+    );
+    println!(
+        "Then check it with `idsnap --config {} config check` and `idsnap --config {} test`.",
+        path.display(),
+        path.display()
+    );
+    Ok(EXIT_OK)
+}
+
+/// `run_all` with the progress display (bars on a terminal, log lines otherwise).
+async fn run_with_progress(
+    config: &Config,
+    storage: &Storage,
+    mut options: RunOptions,
+) -> Vec<ConnectionReport> {
+    let board = std::sync::Arc::new(progress::ProgressBoard::default());
+    options.progress = Some(std::sync::Arc::clone(&board));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let display = tokio::spawn(progress::display(board, stopped));
+    let reports = job::run_all(config, storage, &options).await;
+    let _ = stop.send(true);
+    let _ = display.await;
+    reports
+}
+
+/// Records the reports in the status file and the metrics file, where configured. A failure
+/// to write them is logged, not fatal: the snapshots are what matter.
+async fn record_status(config: &Config, reports: &[ConnectionReport]) {
+    if let Some(path) = &config.status_file {
+        let entries: Vec<(String, &ConnectionReport)> = reports
+            .iter()
+            .map(|r| {
+                (
+                    config
+                        .connections
+                        .iter()
+                        .find(|c| c.name == r.name)
+                        .map_or_else(|| config::slugify(&r.name), |c| c.slug.clone()),
+                    r,
+                )
+            })
+            .collect();
+        if let Err(e) = status::record(path, &entries).await {
+            tracing::error!(path = %path.display(), error = %e, "Could not write the status file.");
+        }
+    }
+    if let Some(path) = &config.metrics_file {
+        let all: Vec<&ConnectionReport> = reports.iter().collect();
+        if let Err(e) = metrics::record(path, &all).await {
+            tracing::error!(path = %path.display(), error = %e, "Could not write the metrics file.");
+        }
     }
 }
 
@@ -566,14 +677,7 @@ impl schedule::Runner for ConfigRunner {
                 cancel,
                 ..RunOptions::default()
             };
-            let outcome = job::run_connection(&config, &storage, conn, &options).await;
-            if let Err(e) = &outcome {
-                tracing::error!(connection = %name, exit_code = e.exit_code(), error = %e, "Scheduled run failed; nothing published.");
-            }
-            let report = ConnectionReport {
-                name: name.clone(),
-                outcome,
-            };
+            let report = job::run_one(&config, &storage, conn, &options).await;
             let code = print_reports(std::slice::from_ref(&report));
             record_status(&config, std::slice::from_ref(&report)).await;
             code
@@ -827,6 +931,12 @@ fn print_reports(reports: &[ConnectionReport]) -> u8 {
                     thousands(m.http.retries),
                     m.http.wait_secs
                 );
+                if m.scan_unmanaged_users {
+                    println!(
+                        "  note: {} unmanaged accounts found. Atlassian lists only accounts in at least one of the organization's directories, so site-only users can be missing (README: \"Why identities may be missing\")",
+                        thousands(c.unmanaged)
+                    );
+                }
                 match &summary.changes {
                     Ok(FeedOutcome::First) => println!(
                         "  changes: first snapshot of this connection, no change feed written"
@@ -905,9 +1015,10 @@ async fn demo(out: PathBuf, users: usize, seed: u64) -> Result<u8, Error> {
         }],
         schedule: Default::default(),
         status_file: None,
+        metrics_file: None,
     };
     let storage = Storage::open(&config.storage)?;
-    let reports = job::run_all(&config, &storage, &RunOptions::default()).await;
+    let reports = run_with_progress(&config, &storage, RunOptions::default()).await;
     let code = print_reports(&reports);
     if code == EXIT_OK {
         let glob = out.join("atlassian_users/**/*.parquet");

@@ -42,6 +42,8 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// Where to keep the status file, if anywhere.
     pub status_file: Option<PathBuf>,
+    /// Where to write Prometheus metrics, if anywhere.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// `[schedule]`: the daemon's timing.
@@ -605,6 +607,7 @@ fn validate(
         None => ScheduleConfig::default(),
     };
     let status_file = top.string("status_file", p).map(|f| base_dir.join(f));
+    let metrics_file = top.string("metrics_file", p).map(|f| base_dir.join(f));
 
     let max_concurrent_connections = top.integer(
         "max_concurrent_connections",
@@ -680,6 +683,7 @@ fn validate(
         connections,
         schedule,
         status_file,
+        metrics_file,
     })
 }
 
@@ -955,6 +959,91 @@ fn validate_connection(
         cron,
         index,
     })
+}
+
+/// The validated settings as TOML-like text, with every secret shown as `***`: tokens are
+/// described by their source only, and storage options whose name suggests a secret are
+/// masked.
+pub fn render_effective(c: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let secretish = |k: &str| {
+        ["secret", "token", "password", "key", "credential", "sas"]
+            .iter()
+            .any(|w| k.to_ascii_lowercase().contains(w))
+    };
+    let opt_path = |p: &Option<PathBuf>| {
+        p.as_ref().map_or_else(
+            || "(none)".to_owned(),
+            |p| format!("{:?}", p.display().to_string()),
+        )
+    };
+    let _ = writeln!(o, "status_file = {}", opt_path(&c.status_file));
+    let _ = writeln!(o, "metrics_file = {}", opt_path(&c.metrics_file));
+    let _ = writeln!(
+        o,
+        "max_concurrent_connections = {}",
+        c.max_concurrent_connections
+    );
+    let _ = writeln!(o, "\n[storage]\nurl = {:?}", c.storage.url.to_string());
+    let _ = writeln!(
+        o,
+        "max_retries = {}\nretry_timeout_secs = {}",
+        c.storage.max_retries,
+        c.storage.retry_timeout.as_secs()
+    );
+    for (k, v) in &c.storage.options {
+        let shown = if secretish(k) { "***" } else { v.as_str() };
+        let _ = writeln!(o, "options.{k} = {shown:?}");
+    }
+    let h = &c.http;
+    let _ = writeln!(
+        o,
+        "\n[http]\nrequest_timeout_secs = {}\nmax_retries = {}\nmax_retry_wait_secs = {}\nretry_budget_secs = {}\nmax_page_bytes = {}\nmax_field_chars = {}\nmax_pages_per_walk = {}",
+        h.request_timeout.as_secs(),
+        h.max_retries,
+        h.max_retry_wait.as_secs(),
+        h.retry_budget.as_secs(),
+        h.limits.max_page_bytes,
+        h.limits.max_field_chars,
+        h.limits.max_pages_per_walk
+    );
+    let s = &c.schedule;
+    let _ = writeln!(
+        o,
+        "\n[schedule]\ncron = {}\ntimezone = {:?}\nrun_on_start = {}\nshutdown_grace_secs = {}",
+        s.cron
+            .as_ref()
+            .map_or_else(|| "(none)".to_owned(), |c| format!("{:?}", c.expression())),
+        s.timezone,
+        s.run_on_start,
+        s.shutdown_grace.as_secs()
+    );
+    for conn in &c.connections {
+        let token = match &conn.token {
+            Some(_) => format!("*** (from {})", conn.token_source),
+            None => format!("(not read; from {})", conn.token_source),
+        };
+        let _ = writeln!(
+            o,
+            "\n[[connections]]\nname = {:?}\nslug = {:?}\norg_id = {:?}\napi_token = {token}\nscan_unmanaged_users = {}\nmember_source_of_truth = {}\napi_base_url = {:?}\nallow_insecure_http = {}\nusers_endpoint = {:?}\nmax_drop_percent = {}\npartitioned_walk = {}\ncron = {}",
+            conn.name,
+            conn.slug,
+            conn.org_id,
+            conn.scan_unmanaged_users,
+            conn.member_source_of_truth,
+            conn.api_base_url.as_str(),
+            conn.allow_insecure_http,
+            conn.users_endpoint.as_str(),
+            conn.max_drop_percent,
+            conn.partitioned_walk,
+            conn.cron.as_ref().map_or_else(
+                || "(the [schedule] cron)".to_owned(),
+                |c| format!("{:?}", c.expression())
+            )
+        );
+    }
+    o
 }
 
 /// Parses an `api_base_url`: http(s) only, no query or fragment, no trailing slash, and

@@ -23,6 +23,7 @@ use crate::atlassian::model::{ClaimTag, Cursor, UserRecord};
 use crate::changes::{self, FeedOutcome};
 use crate::config::{Config, ConnectionConfig};
 use crate::error::RunError;
+use crate::progress::{ConnectionProgress, ProgressBoard};
 use crate::schedule::Cancel;
 use crate::snapshot::manifest::{Counts, DataFileFacts, HttpEffort, Manifest};
 use crate::snapshot::schema::{SCHEMA_VERSION, UsersBatchBuilder, users_schema};
@@ -55,6 +56,8 @@ pub struct RunOptions {
     /// Fires when the run must give up (the daemon's shutdown grace is over); the upload is
     /// then aborted and nothing is published.
     pub cancel: Cancel,
+    /// Where to report progress, if anyone is watching.
+    pub progress: Option<Arc<ProgressBoard>>,
 }
 
 /// What one connection's successful run produced.
@@ -78,6 +81,12 @@ pub struct ConnectionReport {
     pub name: String,
     /// Published summary or the reason nothing was published.
     pub outcome: Result<RunSummary, RunError>,
+    /// Wall time of the run, failed or not.
+    pub duration: Duration,
+    /// HTTP requests the run sent, retries included.
+    pub http_requests: u64,
+    /// HTTP requests that were retries.
+    pub http_retries: u64,
 }
 
 impl ConnectionReport {
@@ -89,6 +98,40 @@ impl ConnectionReport {
             Ok(_) => 0,
             Err(e) => e.exit_code(),
         }
+    }
+}
+
+/// Runs one connection and reports on it, whatever happens.
+pub async fn run_one(
+    config: &Config,
+    storage: &Storage,
+    conn: &ConnectionConfig,
+    options: &RunOptions,
+) -> ConnectionReport {
+    let start = Instant::now();
+    let (outcome, requests, retries) = match AdminClient::new(conn, &config.http) {
+        Ok(client) => {
+            let outcome = run_connection(storage, conn, &client, options).await;
+            (outcome, client.stats().requests(), client.stats().retries())
+        }
+        Err(reason) => (
+            Err(RunError::Internal {
+                connection: conn.name.clone(),
+                reason,
+            }),
+            0,
+            0,
+        ),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(connection = %conn.name, exit_code = e.exit_code(), error = %e, "Run failed; nothing published.");
+    }
+    ConnectionReport {
+        name: conn.name.clone(),
+        outcome,
+        duration: start.elapsed(),
+        http_requests: requests,
+        http_retries: retries,
     }
 }
 
@@ -106,13 +149,7 @@ pub async fn run_all(
         .filter(|c| c.token.is_some())
         .collect();
     futures::stream::iter(selected)
-        .map(|conn| async move {
-            let outcome = run_connection(config, storage, conn, options).await;
-            if let Err(e) = &outcome {
-                tracing::error!(connection = %conn.name, error = %e, "Run failed; nothing published.");
-            }
-            ConnectionReport { name: conn.name.clone(), outcome }
-        })
+        .map(|conn| run_one(config, storage, conn, options))
         .buffered(config.max_concurrent_connections)
         .collect()
         .await
@@ -121,21 +158,16 @@ pub async fn run_all(
 /// Scans one connection and publishes its snapshot.
 #[tracing::instrument(skip_all, fields(connection = %conn.name))]
 pub async fn run_connection(
-    config: &Config,
     storage: &Storage,
     conn: &ConnectionConfig,
+    client: &AdminClient,
     options: &RunOptions,
 ) -> Result<RunSummary, RunError> {
     let clock = Instant::now();
     let started_at = Utc::now();
-    let internal = |reason: String| RunError::Internal {
-        connection: conn.name.clone(),
-        reason,
-    };
     if conn.allow_insecure_http && conn.api_base_url.scheme() == "http" {
         tracing::warn!(api_base_url = %conn.api_base_url, "Plain HTTP to the Admin API (allow_insecure_http = true): use this only for a local simulator.");
     }
-    let client = AdminClient::new(conn, &config.http).map_err(internal)?;
 
     // Test the connection first: a bad key or org ID fails here with a clear message, before
     // any upload is started.
@@ -176,10 +208,30 @@ pub async fn run_connection(
 
     // A 400 on a cursor (expired, or the API lost it) restarts the walk once from the
     // beginning, on a fresh upload; a second one fails the run.
-    let walks = plan_walks(&client, conn, &filter).await;
+    let progress = options
+        .progress
+        .as_ref()
+        .map(|board| board.start(&conn.name));
+    if let Some(p) = &progress {
+        // Asked first only for the display; the count recorded is the one after the walk.
+        if let Ok(n) = client.users_count(&filter).await {
+            p.set_total(n);
+        }
+    }
+    let walks = plan_walks(client, conn, &filter).await;
     let mut restarted = false;
     let (upload, stats) = loop {
-        match scan_once(storage, conn, &client, &walks, &key, options.cancel.clone()).await {
+        match scan_once(
+            storage,
+            conn,
+            client,
+            &walks,
+            &key,
+            options.cancel.clone(),
+            progress.clone(),
+        )
+        .await
+        {
             Ok(done) => break done,
             Err(RunError::Api(e @ ApiError::BadCursor { .. })) if !restarted => {
                 tracing::warn!(error = %e, "The API rejected a page cursor; restarting the walk from the first page.");
@@ -189,6 +241,9 @@ pub async fn run_connection(
         }
     };
 
+    if let Some(p) = &progress {
+        p.finish();
+    }
     manifest.counts = stats.counts;
     manifest.pages = stats.pages;
     // The count endpoint is a cross-check; if it fails, the scan is still complete.
@@ -286,6 +341,7 @@ async fn scan_once(
     filters: &[UsersFilter],
     key: &SnapshotKey,
     mut cancel: Cancel,
+    progress: Option<Arc<ConnectionProgress>>,
 ) -> Result<(ParquetUpload, WalkStats), RunError> {
     let write_err = |e| RunError::from_write(&conn.name, e);
     let mut upload = ParquetUpload::create(
@@ -308,11 +364,12 @@ async fn scan_once(
             Arc::clone(&permits),
         );
         let keep_unmanaged = conn.scan_unmanaged_users;
+        let progress = progress.clone();
         walkers.spawn(tracing::Instrument::instrument(
             async move {
                 // The semaphore is never closed, so acquiring only waits.
                 let _permit = permits.acquire_owned().await;
-                walk(client, filter, keep_unmanaged, tally, tx).await
+                walk(client, filter, keep_unmanaged, tally, tx, progress).await
             },
             tracing::Span::current(),
         ));
@@ -508,6 +565,7 @@ async fn walk(
     keep_unmanaged: bool,
     tally: Arc<Mutex<Tally>>,
     tx: mpsc::Sender<Page>,
+    progress: Option<Arc<ConnectionProgress>>,
 ) -> Result<u64, RunError> {
     let connection = client.connection().to_owned();
     let incomplete = |reason: String| RunError::Incomplete {
@@ -548,6 +606,9 @@ async fn walk(
                 t.counts.users += 1;
                 users.push((user, tag));
             }
+        }
+        if let Some(p) = &progress {
+            p.page(users.len());
         }
         if tx.send(Page { users, received_at }).await.is_err() {
             // The writer stopped; it reports its own error.

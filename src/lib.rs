@@ -13,6 +13,8 @@
 //! - [`store`]: `storage.url` to an object store.
 //! - [`schedule`]: the cron-driven daemon (`idsnap schedule`).
 //! - [`status`]: the status file for monitors.
+//! - [`metrics`]: the Prometheus textfile-collector file.
+//! - [`progress`]: scan progress for people (bars on a terminal, log lines otherwise).
 //! - [`simulator`]: the simulated Admin API used by `demo`, tests and benchmarks.
 //! - [`error`]: error types and exit codes.
 
@@ -25,6 +27,8 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod job;
+pub mod metrics;
+pub mod progress;
 pub mod schedule;
 pub mod secret;
 pub mod simulator;

@@ -9,6 +9,7 @@
 mod changes;
 mod cli;
 mod daemon;
+mod operator;
 mod resilience;
 mod s3;
 mod scan;

@@ -82,20 +82,10 @@ struct Columns {
     management_source: StringArray,
 }
 
-const COLUMNS: [&str; 12] = [
-    "account_id",
-    "status",
-    "account_status",
-    "membership_status",
-    "claim_status",
-    "is_managed",
-    "email",
-    "name",
-    "nickname",
-    "platform_roles",
-    "mfa_enabled",
-    "management_source",
-];
+/// `account_id` and the compared fields: all the diff reads of a data file.
+fn columns() -> impl Iterator<Item = &'static str> {
+    std::iter::once("account_id").chain(crate::diff::COMPARED_FIELDS)
+}
 
 fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
     (!a.is_null(i)).then(|| a.value(i))
@@ -313,7 +303,7 @@ async fn open_stream(
     storage: &Storage,
     relative: &str,
     size: u64,
-    columns: &[&str],
+    columns: impl IntoIterator<Item = &'static str>,
 ) -> Result<parquet::arrow::async_reader::ParquetRecordBatchStream<ObjectReader>, ReadError> {
     let path = storage.path(relative);
     let err = |reason: String| ReadError {
@@ -385,7 +375,7 @@ pub async fn for_each_batch<'h>(
         path: format!("{}/{relative}", storage.url.trim_end_matches('/')),
         reason,
     };
-    let mut stream = open_stream(storage, relative, size, &COLUMNS).await?;
+    let mut stream = open_stream(storage, relative, size, columns()).await?;
     while let Some(batch) = stream.try_next().await.map_err(|e| err(e.to_string()))? {
         let columns = Columns::from_batch(&batch).map_err(err)?;
         let mut rows = Vec::with_capacity(batch.num_rows());
@@ -418,7 +408,7 @@ pub async fn for_each_account_id(
         path: format!("{}/{relative}", storage.url.trim_end_matches('/')),
         reason,
     };
-    let mut stream = open_stream(storage, relative, size, &["account_id"]).await?;
+    let mut stream = open_stream(storage, relative, size, ["account_id"]).await?;
     while let Some(batch) = stream.try_next().await.map_err(|e| err(e.to_string()))? {
         let ids = batch
             .column(0)

@@ -13,7 +13,7 @@
 //!
 //! N is 1,000,000 unless `IDSNAP_BENCH_USERS` says otherwise; `IDSNAP_BENCH_RUNS` (default
 //! 3) sets the repetitions of the fast rows. The 20 ms rows run once each: at N = 1,000,000
-//! they take about 3.5 minutes per walk.
+//! they take about 3.5 minutes per walk; `IDSNAP_BENCH_SKIP_LATENCY=1` leaves them out.
 
 #![allow(
     clippy::unwrap_used,
@@ -283,7 +283,8 @@ fn main() {
     table.push(format!("| 3. memory | peak RSS at {n} users {rss_n:.0} MiB; at 100000 users {rss_100k:.0} MiB | +{:.0} MiB | target <= 150 MiB and <= +60 MiB |", rss_n - rss_100k));
 
     // 1. (latency) and 2. partitioned walk: 20 ms per page, unmanaged users included.
-    {
+    // IDSNAP_BENCH_SKIP_LATENCY=1 leaves these slow rows out (for quick memory checks).
+    if std::env::var_os("IDSNAP_BENCH_SKIP_LATENCY").is_none() {
         let sim = Sim::start(bin, n, 20);
         let (bare_wall, pages, _) = bare_walk(&sim);
         let single = idsnap_run(bin, &sim, &work.join("latency-single"), false);

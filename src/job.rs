@@ -32,7 +32,7 @@ use crate::snapshot::{SnapshotKey, catalog};
 use crate::store::Storage;
 
 /// Rows gathered before a batch is handed to the Parquet encoder.
-const BATCH_ROWS: usize = 8192;
+const BATCH_ROWS: usize = 4096;
 /// Decoded pages in flight between the walks and the writer.
 const CHANNEL_PAGES: usize = 8;
 /// Most walks of one connection at the same time (partitioned walks).
@@ -206,19 +206,20 @@ pub async fn run_connection(
         },
     };
 
-    // A 400 on a cursor (expired, or the API lost it) restarts the walk once from the
-    // beginning, on a fresh upload; a second one fails the run.
+    // The count is asked first too: it sizes the de-duplication set (no doubling while the
+    // walk runs) and gives the progress display its total. The count recorded in the
+    // manifest is the one asked after the walk.
+    let expected = client.users_count(&filter).await.ok();
     let progress = options
         .progress
         .as_ref()
         .map(|board| board.start(&conn.name));
-    if let Some(p) = &progress {
-        // Asked first only for the display; the count recorded is the one after the walk.
-        if let Ok(n) = client.users_count(&filter).await {
-            p.set_total(n);
-        }
+    if let (Some(p), Some(n)) = (&progress, expected) {
+        p.set_total(n);
     }
     let walks = plan_walks(client, conn, &filter).await;
+    // A 400 on a cursor (expired, or the API lost it) restarts the walk once from the
+    // beginning, on a fresh upload; a second one fails the run.
     let mut restarted = false;
     let (upload, stats) = loop {
         match scan_once(
@@ -227,8 +228,11 @@ pub async fn run_connection(
             client,
             &walks,
             &key,
-            options.cancel.clone(),
-            progress.clone(),
+            ScanContext {
+                cancel: options.cancel.clone(),
+                progress: progress.clone(),
+                expected_users: expected,
+            },
         )
         .await
         {
@@ -331,6 +335,14 @@ pub async fn run_connection(
     })
 }
 
+/// What a scan is told besides where to walk: when to give up, whom to tell, how many
+/// users to expect.
+struct ScanContext {
+    cancel: Cancel,
+    progress: Option<Arc<ConnectionProgress>>,
+    expected_users: Option<u64>,
+}
+
 /// Walks every page of every filter (one walk each, at most [`MAX_CONCURRENT_WALKS`] at a
 /// time) into a new upload. On success the upload holds every row but is not completed yet;
 /// on failure it has been aborted.
@@ -340,9 +352,13 @@ async fn scan_once(
     client: &AdminClient,
     filters: &[UsersFilter],
     key: &SnapshotKey,
-    mut cancel: Cancel,
-    progress: Option<Arc<ConnectionProgress>>,
+    context: ScanContext,
 ) -> Result<(ParquetUpload, WalkStats), RunError> {
+    let ScanContext {
+        mut cancel,
+        progress,
+        expected_users,
+    } = context;
     let write_err = |e| RunError::from_write(&conn.name, e);
     let mut upload = ParquetUpload::create(
         storage,
@@ -352,7 +368,13 @@ async fn scan_once(
     )
     .map_err(write_err)?;
     let (tx, mut rx) = mpsc::channel::<Page>(CHANNEL_PAGES);
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    // A little room over the API's count, which drifts while users change; capped, so a
+    // hostile count cannot make us allocate without bound.
+    let capacity = expected_users.map_or(0, |n| n.min(50_000_000) as usize * 21 / 20 + 1024);
+    let tally = Arc::new(Mutex::new(Tally {
+        seen: AccountSet::with_capacity(capacity),
+        counts: Counts::default(),
+    }));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_WALKS));
     let mut walkers = tokio::task::JoinSet::new();
     for filter in filters {
@@ -639,6 +661,14 @@ pub struct AccountSet {
 }
 
 impl AccountSet {
+    /// An empty set with room for `n` IDs.
+    pub fn with_capacity(n: usize) -> Self {
+        AccountSet {
+            keys: Default::default(),
+            hashes: HashSet::with_capacity_and_hasher(n, Default::default()),
+        }
+    }
+
     /// Adds an ID; false if it was already present.
     pub fn insert(&mut self, account_id: &str) -> bool {
         let a = self.keys.0.hash_one(account_id);

@@ -24,11 +24,14 @@ use super::PARQUET_CONTENT_TYPE;
 use crate::store::{Storage, StorageError};
 
 /// Most rows in one row group.
-pub const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
+pub const MAX_ROW_GROUP_ROWS: usize = 64 * 1024;
 /// Most estimated encoded bytes in one row group.
 pub const MAX_ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 /// Multipart part size (S3 rejects parts under 5 MiB).
 pub const PART_BYTES: usize = 10 * 1024 * 1024;
+/// Parts uploading at the same time: each holds a part's bytes until it is sent, so this
+/// bounds that memory (object_store's default is 8).
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// Why writing the data file failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +101,8 @@ impl ParquetUpload {
                 source,
             })?;
         let mut sink =
-            BufWriter::with_capacity(Arc::clone(&storage.store), path.clone(), PART_BYTES);
+            BufWriter::with_capacity(Arc::clone(&storage.store), path.clone(), PART_BYTES)
+                .with_max_concurrency(PARTS_IN_FLIGHT);
         if storage.supports_attributes {
             sink = sink.with_attributes(Attributes::from_iter([(
                 Attribute::ContentType,

@@ -18,13 +18,7 @@ async fn run_prints_a_summary_and_exits_0() {
             TOKEN,
         )
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(text.contains("Test Org: published 450 users"), "{text}");
     assert!(text.contains("5 pages"), "{text}");
@@ -82,13 +76,7 @@ async fn test_command_reports_directories_and_failures() {
     let out = h
         .bin(&["--config", config.to_str().unwrap(), "test"], TOKEN)
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("Test Org: ok: 2 directories found in org org-test-1"),
         "{}",
@@ -157,13 +145,7 @@ async fn a_missing_config_file_says_how_to_fix_it() {
 async fn demo_works_with_no_config_and_no_credentials() {
     let dir = tempfile::TempDir::new().unwrap();
     let out = run_bin(&["demo", "--users", "321"], &[], dir.path()).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(text.contains("Demo Org: published 321 users"), "{text}");
     assert!(text.contains("duckdb -c"), "{text}");

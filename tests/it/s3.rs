@@ -127,13 +127,7 @@ async fn run_writes_multipart_snapshots_to_s3_and_a_rerun_replaces_them() {
         h.dir.path(),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(stdout(&out).contains(&format!("snapshot: s3://{}/{prefix}/atlassian_users/connection=test-org/snapshot_date=2026-05-01/users.parquet", s3.bucket)), "{}", stdout(&out));
 
     let store = s3.store();
@@ -191,13 +185,7 @@ async fn run_writes_multipart_snapshots_to_s3_and_a_rerun_replaces_them() {
         h.dir.path(),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert_eq!(rows_of(&store, &data).await, 3_000);
     let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
         store.list(Some(&ObjPath::from(prefix.as_str()))),
@@ -223,13 +211,7 @@ async fn test_probes_the_store_and_says_what_is_wrong() {
         h.dir.path(),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("ok: wrote, read back and deleted a probe object"),
         "{}",
@@ -285,13 +267,7 @@ async fn a_missing_bucket_fails_the_run_with_exit_6_naming_the_url() {
         h.dir.path(),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 6);
     let text = stdout(&out);
     assert!(
         text.contains("storage s3://idsnap-no-such-bucket/p"),
@@ -390,13 +366,7 @@ async fn an_s3_server_that_stops_mid_upload_fails_the_run_and_keeps_the_previous
         h.dir.path(),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let before_data = store.get(&data).await.unwrap().bytes().await.unwrap();
     let before_manifest = store.get(&manifest).await.unwrap().bytes().await.unwrap();
 

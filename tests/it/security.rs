@@ -450,13 +450,7 @@ async fn hostile_values_are_stored_verbatim_and_never_become_paths() {
             TOKEN,
         )
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let files = files_below(h.dir.path());
     let data: Vec<_> = files
         .iter()

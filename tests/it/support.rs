@@ -140,6 +140,18 @@ pub async fn run_bin(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output 
     cmd.output().await.unwrap()
 }
 
+/// Asserts a process's exit code, showing both of its streams when it differs.
+#[track_caller]
+pub fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -20,7 +20,7 @@ use parquet::file::metadata::KeyValue;
 
 use crate::diff::{ChangeType, DiffBuilder, Difference};
 use crate::snapshot::SnapshotKey;
-use crate::snapshot::catalog::{self, ManifestProblem};
+use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::reader::{self, ReadError};
 use crate::snapshot::writer::{ParquetUpload, WriteError, writer_properties};
@@ -94,16 +94,9 @@ async fn usable(storage: &Storage, slug: &str, date: NaiveDate) -> Result<Manife
         slug: slug.to_owned(),
         date,
     };
-    let manifest = match catalog::read_manifest(storage, &key).await {
-        Ok(m) => m,
-        Err(ManifestProblem::Storage(e)) => return Err(e.to_string()),
-        Err(p) => return Err(p.to_string()),
-    };
-    match catalog::data_matches_manifest(storage, &key, &manifest).await {
-        Ok(true) => Ok(manifest),
-        Ok(false) => Err("the manifest does not match the data file".into()),
-        Err(e) => Err(e.to_string()),
-    }
+    catalog::usable_manifest(storage, &key)
+        .await
+        .map_err(|p| p.to_string())
 }
 
 /// Compares snapshot `to` of `slug` with `from`, or by default with the latest usable

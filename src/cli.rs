@@ -620,16 +620,7 @@ async fn record_status(config: &Config, reports: &[ConnectionReport]) {
     if let Some(path) = &config.status_file {
         let entries: Vec<(String, &ConnectionReport)> = reports
             .iter()
-            .map(|r| {
-                (
-                    config
-                        .connections
-                        .iter()
-                        .find(|c| c.name == r.name)
-                        .map_or_else(|| config::slugify(&r.name), |c| c.slug.clone()),
-                    r,
-                )
-            })
+            .map(|r| (resolve_slug(config, &r.name), r))
             .collect();
         if let Err(e) = status::record(path, &entries).await {
             tracing::error!(path = %path.display(), error = %e, "Could not write the status file.");
@@ -826,7 +817,7 @@ async fn test_one(conn: &ConnectionConfig, http: &HttpConfig) -> Result<String, 
     let first = client
         .directories_page(1, None)
         .await
-        .map_err(|e| (fail_code(&e), e.to_string()))?;
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
     let mut directories = first.data.len() as u64;
     if first
         .links
@@ -841,7 +832,7 @@ async fn test_one(conn: &ConnectionConfig, http: &HttpConfig) -> Result<String, 
             let page = client
                 .directories_page(100, cursor.as_ref())
                 .await
-                .map_err(|e| (fail_code(&e), e.to_string()))?;
+                .map_err(|e| (e.exit_code(), e.to_string()))?;
             directories += page.data.len() as u64;
             let next = page.links.and_then(|l| l.next).filter(|n| !n.is_empty());
             match Cursor::from_next(next.as_deref()) {
@@ -853,7 +844,7 @@ async fn test_one(conn: &ConnectionConfig, http: &HttpConfig) -> Result<String, 
     let users = client
         .users_page(&crate::atlassian::UsersFilter::default(), None)
         .await
-        .map_err(|e| (fail_code(&e), e.to_string()))?;
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
     Ok(format!(
         "{directories} director{} found in org {}; the {} users endpoint answered ({} users on the first page)",
         if directories == 1 { "y" } else { "ies" },
@@ -861,14 +852,6 @@ async fn test_one(conn: &ConnectionConfig, http: &HttpConfig) -> Result<String, 
         conn.users_endpoint.as_str(),
         users.users.len()
     ))
-}
-
-fn fail_code(e: &crate::atlassian::ApiError) -> u8 {
-    if e.is_auth() {
-        crate::error::EXIT_AUTH
-    } else {
-        crate::error::EXIT_API
-    }
 }
 
 fn thousands(n: u64) -> String {

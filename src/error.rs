@@ -80,9 +80,7 @@ impl RunError {
     /// The exit code this failure maps to.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Api(e) if e.is_auth() => EXIT_AUTH,
-            RunError::Api(ApiError::Malformed { .. } | ApiError::BadCursor { .. }) => EXIT_GUARD,
-            RunError::Api(_) => EXIT_API,
+            RunError::Api(e) => e.exit_code(),
             RunError::Storage(_) => EXIT_STORAGE,
             RunError::Incomplete { .. } | RunError::Guard { .. } => EXIT_GUARD,
             RunError::Internal { .. } | RunError::Cancelled { .. } => EXIT_INTERNAL,

@@ -360,6 +360,15 @@ async fn scan_once(
         expected_users,
     } = context;
     let write_err = |e| RunError::from_write(&conn.name, e);
+    // A walk's result, with a panicked walk counted as an internal error.
+    let joined = |done: Result<Result<u64, RunError>, tokio::task::JoinError>| {
+        done.unwrap_or_else(|e| {
+            Err(RunError::Internal {
+                connection: conn.name.clone(),
+                reason: format!("a page walker stopped: {e}"),
+            })
+        })
+    };
     let mut upload = ParquetUpload::create(
         storage,
         &key.data_path(),
@@ -400,7 +409,7 @@ async fn scan_once(
 
     let mut builder = UsersBatchBuilder::new(&conn.org_id);
     let mut pages = 0u64;
-    let failure: Option<RunError> = loop {
+    let mut failure: Option<RunError> = loop {
         tokio::select! {
             page = rx.recv() => {
                 let Some(page) = page else { break None };
@@ -412,36 +421,26 @@ async fn scan_once(
                         break Some(write_err(e));
                     }
             }
-            Some(done) = walkers.join_next() => match done {
-                Ok(Ok(n)) => pages += n,
-                Ok(Err(e)) => break Some(e),
-                Err(e) => break Some(RunError::Internal { connection: conn.name.clone(), reason: format!("a page walker stopped: {e}") }),
+            Some(done) = walkers.join_next() => match joined(done) {
+                Ok(n) => pages += n,
+                Err(e) => break Some(e),
             },
             _ = cancel.cancelled() => break Some(RunError::Cancelled { connection: conn.name.clone() }),
         }
     };
+    // Once every sender is gone, every walk has ended; collect the ones not yet joined.
+    while failure.is_none() {
+        match walkers.join_next().await.map(joined) {
+            None => break,
+            Some(Ok(n)) => pages += n,
+            Some(Err(e)) => failure = Some(e),
+        }
+    }
     if let Some(e) = failure {
         // The other walks may be waiting out a retry; they have nothing left to deliver to.
         walkers.abort_all();
         upload.abort().await;
         return Err(e);
-    }
-    // Every sender is gone, so every walk has ended; collect the ones not yet joined.
-    while let Some(done) = walkers.join_next().await {
-        match done {
-            Ok(Ok(n)) => pages += n,
-            Ok(Err(e)) => {
-                upload.abort().await;
-                return Err(e);
-            }
-            Err(e) => {
-                upload.abort().await;
-                return Err(RunError::Internal {
-                    connection: conn.name.clone(),
-                    reason: format!("a page walker stopped: {e}"),
-                });
-            }
-        }
     }
     if !builder.is_empty()
         && let Err(e) = upload.write(&builder.finish()).await

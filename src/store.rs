@@ -288,6 +288,20 @@ fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore
             url.scheme()
         )
     };
+    // The three cloud builders share one shape: start from the environment's credentials,
+    // apply every option through the store's own key parser (so typos are errors), build.
+    macro_rules! cloud {
+        ($builder:ty, $key:ty) => {{
+            let mut b = <$builder>::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry);
+            for (k, v) in opts {
+                let key = <$key>::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "memory" => {
             if let Some(k) = opts.keys().next() {
@@ -295,42 +309,18 @@ fn open_remote(url: &Url, config: &StorageConfig) -> Result<(Arc<dyn ObjectStore
             }
             Arc::new(object_store::memory::InMemory::new())
         }
-        "s3" | "s3a" => {
-            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let mut b = AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry);
-            for (k, v) in opts {
-                let key =
-                    AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-        "gs" => {
-            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-            let mut b = GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry);
-            for (k, v) in opts {
-                let key =
-                    GoogleConfigKey::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-        _ => {
-            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-            let mut b = MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retry);
-            for (k, v) in opts {
-                let key =
-                    AzureConfigKey::from_str(&k.to_ascii_lowercase()).map_err(|_| unknown(k))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
+        "s3" | "s3a" => cloud!(
+            object_store::aws::AmazonS3Builder,
+            object_store::aws::AmazonS3ConfigKey
+        ),
+        "gs" => cloud!(
+            object_store::gcp::GoogleCloudStorageBuilder,
+            object_store::gcp::GoogleConfigKey
+        ),
+        _ => cloud!(
+            object_store::azure::MicrosoftAzureBuilder,
+            object_store::azure::AzureConfigKey
+        ),
     };
     Ok((store, prefix))
 }

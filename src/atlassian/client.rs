@@ -124,6 +124,17 @@ impl ApiError {
                 | ApiError::OrgNotFound { .. }
         )
     }
+
+    /// The exit code this failure maps to: 4 for authentication, 3 for a response that
+    /// makes the walk incomplete, 5 for an API that stayed unavailable or refused.
+    pub fn exit_code(&self) -> u8 {
+        use crate::error::{EXIT_API, EXIT_AUTH, EXIT_GUARD};
+        match self {
+            e if e.is_auth() => EXIT_AUTH,
+            ApiError::Malformed { .. } | ApiError::BadCursor { .. } => EXIT_GUARD,
+            _ => EXIT_API,
+        }
+    }
 }
 
 /// Which users a walk asks for. Filters go on the first page only; the cursor carries them on.
@@ -133,6 +144,18 @@ pub struct UsersFilter {
     pub claim_status: Option<&'static str>,
     /// `status=...`, or all.
     pub status: Option<String>,
+}
+
+impl UsersFilter {
+    /// Adds the filter's query parameters (`claimStatus`, `status`).
+    fn append_to(&self, q: &mut url::form_urlencoded::Serializer<'_, url::UrlQuery<'_>>) {
+        if let Some(claim) = self.claim_status {
+            q.append_pair("claimStatus", claim);
+        }
+        if let Some(status) = &self.status {
+            q.append_pair("status", status);
+        }
+    }
 }
 
 /// The client for one connection.
@@ -255,12 +278,7 @@ impl AdminClient {
                         }
                         None => {
                             q.append_pair("limit", &PAGE_LIMIT.to_string());
-                            if let Some(claim) = filter.claim_status {
-                                q.append_pair("claimStatus", claim);
-                            }
-                            if let Some(status) = &filter.status {
-                                q.append_pair("status", status);
-                            }
+                            filter.append_to(&mut q);
                         }
                     }
                 }
@@ -304,15 +322,7 @@ impl AdminClient {
     /// `GET .../directories/-/users/count` with the same filter as a walk.
     pub async fn users_count(&self, filter: &UsersFilter) -> Result<u64, ApiError> {
         let mut url = self.url(&["directories", "-", "users", "count"]);
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(claim) = filter.claim_status {
-                q.append_pair("claimStatus", claim);
-            }
-            if let Some(status) = &filter.status {
-                q.append_pair("status", status);
-            }
-        }
+        filter.append_to(&mut url.query_pairs_mut());
         if url.query() == Some("") {
             url.set_query(None);
         }

@@ -60,6 +60,9 @@ pub enum ManifestProblem {
     /// The manifest does not parse.
     #[error("the manifest is not valid JSON: {0}")]
     Invalid(String),
+    /// The data file is missing or not the size the manifest recorded.
+    #[error("the manifest does not match the data file")]
+    Mismatch,
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -96,6 +99,20 @@ pub async fn data_matches_manifest(
     }
 }
 
+/// A snapshot's manifest, if the snapshot can be trusted: the manifest parses and the data
+/// file exists with the size it records. Only such snapshots serve as baselines.
+pub async fn usable_manifest(
+    storage: &Storage,
+    key: &SnapshotKey,
+) -> Result<Manifest, ManifestProblem> {
+    let manifest = read_manifest(storage, key).await?;
+    if data_matches_manifest(storage, key, &manifest).await? {
+        Ok(manifest)
+    } else {
+        Err(ManifestProblem::Mismatch)
+    }
+}
+
 /// The most recent usable snapshot of `slug` dated on or before `date`, skipping (with a
 /// warning) those whose manifest is missing, unreadable, or does not match its data file.
 pub async fn latest_usable(
@@ -109,14 +126,11 @@ pub async fn latest_usable(
             slug: slug.to_owned(),
             date: d,
         };
-        match read_manifest(storage, &key).await {
-            Ok(m) if data_matches_manifest(storage, &key, &m).await? => return Ok(Some((d, m))),
-            Ok(_) => {
-                tracing::warn!(snapshot = %key.partition(), "Skipping a snapshot whose manifest does not match its data file.")
-            }
+        match usable_manifest(storage, &key).await {
+            Ok(m) => return Ok(Some((d, m))),
             Err(ManifestProblem::Storage(e)) => return Err(e),
             Err(problem) => {
-                tracing::warn!(snapshot = %key.partition(), problem = %problem, "Skipping a snapshot without a usable manifest.")
+                tracing::warn!(snapshot = %key.partition(), problem = %problem, "Skipping a snapshot that cannot serve as a baseline.")
             }
         }
     }

@@ -153,3 +153,65 @@ async fn demo_works_with_no_config_and_no_credentials() {
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files[1].ends_with("users.parquet"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulate_injects_faults_from_its_flags() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_idsnap"))
+        .args([
+            "simulate",
+            "--port",
+            &port.to_string(),
+            "--users",
+            "450",
+            "--org-id",
+            ORG,
+            "--token",
+            TOKEN,
+        ])
+        .args(["--fault", "2:503", "--fault", "3:429-retry-after=1"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the simulator did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let config = dir.path().join("sim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nurl = \"file://{}\"\n[http]\nmax_retry_wait_secs = 2\n[[connections]]\nname = \"Sim\"\norg_id = \"{ORG}\"\napi_token_env = \"T\"\napi_base_url = \"http://127.0.0.1:{port}\"\nallow_insecure_http = true\nscan_unmanaged_users = true\n",
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let out = run_bin(
+        &["--config", config.to_str().unwrap(), "run"],
+        &[("T", TOKEN)],
+        dir.path(),
+    )
+    .await;
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("published 450 users"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("2 retries"),
+        "the two injected faults were retried: {}",
+        stdout(&out)
+    );
+    sim.start_kill().unwrap();
+}

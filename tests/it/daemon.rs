@@ -101,6 +101,10 @@ async fn the_daemon_runs_on_schedule_and_stops_cleanly_on_sigterm() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("Signal received"), "{log}");
     assert!(log.contains("Stopped."), "{log}");
+    assert!(
+        log.contains("Scheduled.") && log.contains("next_local") && log.contains("next_utc"),
+        "the next run is logged in both zones: {log}"
+    );
     // Nothing partial is left where readers look.
     let visible: Vec<_> = files_below(&h.out())
         .into_iter()
